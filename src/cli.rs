@@ -1,0 +1,412 @@
+//! The command line: argv → one `run_*` function per subcommand, each with its usage text beside it.
+//!
+//! Arguments are parsed with `lexopt` (correct `--opt=value` / `--opt value` handling and non-UTF-8
+//! paths without a macro framework). Every command takes `--help`. Usage errors carry a `try:` hint
+//! and exit 2; runtime errors exit 1.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use lexopt::prelude::*;
+
+use crate::config::Config;
+use crate::db::{self, Lock};
+use crate::error::{Error, Result};
+use crate::service::Service;
+use crate::{signature, testevent, time};
+
+const USAGE: &str = "\
+stripe-inbox: a durable, verified inbox and mirror for Stripe webhooks
+
+usage: stripe-inbox <command> [options]
+
+commands:
+  serve             receive webhooks and serve the admin listener
+  check             validate the config and check the database
+  send-test-event   build a realistic event, sign it and POST it (a local `stripe trigger`)
+
+Every command takes --config PATH (default: $STRIPE_INBOX_CONFIG, else ./stripe-inbox.toml)
+and --help. Logging: RUST_LOG=debug|info|warn (default info).
+";
+
+/// Runs the command line (without the program name).
+pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let command = match parser.next().map_err(usage)? {
+        Some(Value(cmd)) => cmd.string().map_err(usage)?,
+        Some(Long("help") | Short('h')) => {
+            print!("{USAGE}");
+            return Ok(());
+        }
+        Some(Long("version") | Short('V')) => {
+            println!("stripe-inbox {}", env!("CARGO_PKG_VERSION"));
+            return Ok(());
+        }
+        Some(other) => {
+            return Err(Error::usage(
+                other.unexpected().to_string(),
+                "stripe-inbox --help",
+            ))
+        }
+        None => return Err(Error::usage("no command given", "stripe-inbox --help")),
+    };
+    match command.as_str() {
+        "serve" => run_serve(parser),
+        "check" => run_check(parser),
+        "send-test-event" => run_send_test_event(parser),
+        "help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(Error::usage(
+            format!("unknown command {other:?}"),
+            "stripe-inbox --help",
+        )),
+    }
+}
+
+fn usage(err: lexopt::Error) -> Error {
+    Error::usage(err.to_string(), "stripe-inbox --help")
+}
+
+/// What a command was given: the config path and the values of its own options.
+struct Options {
+    config: PathBuf,
+    values: Vec<(&'static str, String)>,
+}
+
+impl Options {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses `--config` and `--help`, which every command takes, plus the value-taking options in
+/// `own` (long name, short letter). Returns `Ok(None)` after printing help.
+fn parse_options(
+    mut parser: lexopt::Parser,
+    help: &str,
+    own: &[(&'static str, char)],
+) -> Result<Option<Options>> {
+    let command = help.split_whitespace().nth(2).unwrap_or("");
+    let hint = || format!("stripe-inbox {command} --help");
+    let mut config = None;
+    let mut values = Vec::new();
+    while let Some(arg) = parser.next().map_err(usage)? {
+        let name = match &arg {
+            Long("config") | Short('c') => "config",
+            Long("help") | Short('h') => {
+                print!("{help}");
+                return Ok(None);
+            }
+            Long(long) => match own.iter().find(|(n, _)| n == long) {
+                Some((n, _)) => n,
+                None => return Err(Error::usage(arg.unexpected().to_string(), hint())),
+            },
+            Short(short) => match own.iter().find(|(_, c)| c == short) {
+                Some((n, _)) => n,
+                None => return Err(Error::usage(arg.unexpected().to_string(), hint())),
+            },
+            Value(_) => return Err(Error::usage(arg.unexpected().to_string(), hint())),
+        };
+        let value = parser
+            .value()
+            .map_err(|e| Error::usage(e.to_string(), hint()))?;
+        if name == "config" {
+            config = Some(PathBuf::from(value));
+        } else {
+            let value = value
+                .string()
+                .map_err(|e| Error::usage(e.to_string(), hint()))?;
+            values.push((name, value));
+        }
+    }
+    Ok(Some(Options {
+        config: Config::locate(config),
+        values,
+    }))
+}
+
+const SERVE_USAGE: &str = "\
+usage: stripe-inbox serve [--config PATH]
+
+Receives Stripe webhooks on [webhook] listen + path, verifies and stores each event durably before
+answering 2xx, and serves /healthz on [admin] listen. Stops cleanly on SIGTERM or Ctrl-C: requests
+in flight are answered and everything answered is on disk.
+";
+
+fn run_serve(parser: lexopt::Parser) -> Result<()> {
+    let Some(opts) = parse_options(parser, SERVE_USAGE, &[])? else {
+        return Ok(());
+    };
+    let config = Config::load(&opts.config)?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| Error::io("install signal handlers", e))?;
+    let service = Service::start(&config)?;
+    if let Some(signal) = signals.forever().next() {
+        log::info!("received signal {signal}");
+    }
+    service.shutdown();
+    Ok(())
+}
+
+const CHECK_USAGE: &str = "\
+usage: stripe-inbox check [--config PATH]
+
+Validates the config (keys, addresses, that a signing secret is set, without printing it), then
+opens the database, applies pending migrations, runs PRAGMA integrity_check and prints what it
+found. While a server holds the database it checks read-only and migrates nothing.
+Exits 1 when anything is wrong.
+";
+
+fn run_check(parser: lexopt::Parser) -> Result<()> {
+    let Some(opts) = parse_options(parser, CHECK_USAGE, &[])? else {
+        return Ok(());
+    };
+    let path = opts.config;
+    let config = Config::load(&path)?;
+    let mut problems = Vec::new();
+    println!("config {}: ok", path.display());
+    println!(
+        "  webhook: http://{}{}",
+        config.webhook.listen, config.webhook.path
+    );
+    println!("  admin:   http://{}/", config.admin.listen);
+    match config.webhook_secrets() {
+        Ok(secrets) => println!(
+            "  signing secrets: {} ({} in the file, the rest from ${})",
+            secrets.len(),
+            config.webhook.secrets.len(),
+            config.webhook.secrets_env
+        ),
+        Err(e) => {
+            println!("  signing secrets: none");
+            problems.push(e.to_string());
+        }
+    }
+
+    let database = &config.database.path;
+    println!("database {}:", database.display());
+    let known = db::known_version();
+    let (conn, _lock) = match Lock::acquire(database) {
+        Ok(lock) => {
+            let before = if database.exists() {
+                db::schema_version(&db::open_read_only(database)?)?
+            } else {
+                0
+            };
+            let conn = db::open_writer(database)?;
+            let after = db::schema_version(&conn)?;
+            println!(
+                "  schema version {after} (this build knows {known}); migrated {} step(s)",
+                after - before
+            );
+            (conn, Some(lock))
+        }
+        Err(Error::Locked { holder, .. }) => {
+            let conn = db::open_read_only(database)?;
+            let found = db::schema_version(&conn)?;
+            println!("  held by {holder}: checking read-only, nothing migrated");
+            println!("  schema version {found} (this build knows {known})");
+            if found > known {
+                problems.push(format!(
+                    "schema version {found} is newer than this build ({known})"
+                ));
+            }
+            (conn, None)
+        }
+        Err(e) => return Err(e),
+    };
+    let integrity = db::integrity_problems(&conn)?;
+    if integrity.is_empty() {
+        println!("  integrity: ok");
+    } else {
+        println!("  integrity: {} problem(s)", integrity.len());
+        for p in integrity.iter().take(10) {
+            println!("    {p}");
+        }
+        problems.push("integrity_check found problems".into());
+    }
+    let (events, deliveries, newest): (i64, i64, Option<i64>) = conn
+        .query_row(
+            "SELECT COUNT(*), COALESCE(SUM(deliveries), 0), MAX(received_at) FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map_err(|e| Error::sqlite("count events", e))?;
+    let size = std::fs::metadata(database).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "  events: {events} ({deliveries} deliveries), file size {}",
+        human_bytes(size)
+    );
+    if let Some(ms) = newest {
+        let age = (time::now_ms() - ms) / 1000;
+        println!(
+            "  newest event received {} ({} ago)",
+            time::format_utc(ms / 1000),
+            human_age(age)
+        );
+    }
+    if problems.is_empty() {
+        println!("all good");
+        Ok(())
+    } else {
+        Err(Error::Other(format!(
+            "check found {} problem(s): {}",
+            problems.len(),
+            problems.join("; ")
+        )))
+    }
+}
+
+const SEND_TEST_EVENT_USAGE: &str = "\
+usage: stripe-inbox send-test-event [--config PATH] [--type TYPE] [--url URL]
+
+Builds a realistic event from Stripe's example objects, signs it with the first configured secret
+(the Stripe-Signature header Stripe would send) and POSTs it: the local equivalent of
+`stripe trigger`. Prints the answer; exits 1 unless it is 2xx.
+
+  --type TYPE   the event type (default payment_intent.succeeded); --type list shows them all
+  --url URL     where to send it (default http://<[webhook] listen><[webhook] path>)
+";
+
+fn run_send_test_event(parser: lexopt::Parser) -> Result<()> {
+    let Some(opts) = parse_options(
+        parser,
+        SEND_TEST_EVENT_USAGE,
+        &[("type", 't'), ("url", 'u')],
+    )?
+    else {
+        return Ok(());
+    };
+    let event_type = opts
+        .get("type")
+        .unwrap_or(testevent::KNOWN_TYPES[0])
+        .to_string();
+    let url = opts.get("url").map(String::from);
+    if event_type == "list" {
+        for t in testevent::KNOWN_TYPES {
+            println!("{t}");
+        }
+        return Ok(());
+    }
+    let path = opts.config;
+    let config = Config::load(&path)?;
+    let secret = config.webhook_secrets()?.remove(0);
+    let now = time::now_ms() / 1000;
+    let event = testevent::build(&event_type, now).ok_or_else(|| {
+        Error::usage(
+            format!("no test event for type {event_type:?}"),
+            "stripe-inbox send-test-event --type list",
+        )
+    })?;
+    let body = serde_json::to_vec_pretty(&event)
+        .map_err(|e| Error::Other(format!("encode event: {e}")))?;
+    let url = url.unwrap_or_else(|| {
+        let listen = config
+            .webhook
+            .listen
+            .replace("0.0.0.0", "127.0.0.1")
+            .replace("[::]", "[::1]");
+        format!("http://{listen}{}", config.webhook.path)
+    });
+    let header = signature::sign(&body, &secret, now);
+
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .build()
+        .into();
+    let started = Instant::now();
+    let mut response = agent
+        .post(&url)
+        .header("Content-Type", "application/json; charset=utf-8")
+        .header("User-Agent", "stripe-inbox send-test-event")
+        .header("Stripe-Signature", &header)
+        .send(&body[..])
+        .map_err(|e| Error::Other(format!("POST {url}: {e}")))?;
+    let status = response.status().as_u16();
+    let answer = response.body_mut().read_to_string().unwrap_or_default();
+    println!(
+        "POST {url} {} {event_type} -> {status} in {:.1} ms: {}",
+        event["id"].as_str().unwrap_or(""),
+        started.elapsed().as_secs_f64() * 1000.0,
+        answer.trim()
+    );
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(Error::Other(format!("POST {url}: answered {status}")))
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+fn human_age(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn usage_errors_exit_2_with_a_hint() {
+        for list in [
+            &[][..],
+            &["frobnicate"],
+            &["serve", "--bogus"],
+            &["check", "extra"],
+            &["serve", "--config"],
+        ] {
+            let err = run(args(list)).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{list:?}: {err}");
+            assert!(err.hint().unwrap().contains("--help"), "{list:?}");
+        }
+    }
+
+    #[test]
+    fn help_everywhere() {
+        for list in [
+            &["--help"][..],
+            &["serve", "--help"],
+            &["check", "-h"],
+            &["send-test-event", "--help"],
+            &["help"],
+        ] {
+            run(args(list)).unwrap();
+        }
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+        assert_eq!(human_age(90), "90 s");
+        assert_eq!(human_age(3 * 86_400), "3 days");
+    }
+}

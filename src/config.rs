@@ -1,0 +1,339 @@
+//! The TOML configuration: its shape, its defaults and its validation.
+//!
+//! `config.example.toml` shows every key at its default and a test parses it. Unknown keys are
+//! errors naming the key and the file, because a misspelt key silently falling back to a default is
+//! how a shop ends up rejecting its own webhooks. Secrets are read from the environment variable
+//! the file names; they never need to be written into the file, and this module never logs them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Where the config is looked for when `--config` is not given and `$STRIPE_INBOX_CONFIG` is unset.
+pub const DEFAULT_PATH: &str = "stripe-inbox.toml";
+/// The environment variable that may name the config file.
+pub const PATH_ENV: &str = "STRIPE_INBOX_CONFIG";
+
+/// The whole configuration, after loading and resolving relative paths.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The file this was loaded from (empty for [`Config::default`]).
+    #[serde(skip)]
+    pub file: PathBuf,
+    pub database: Database,
+    pub webhook: Webhook,
+    pub admin: Admin,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Database {
+    /// The SQLite file, relative to the config file's directory. Defaults to `stripe-inbox.db`.
+    pub path: PathBuf,
+    /// Requests that may wait for the writer before new ones get 503. Defaults to 4096.
+    pub queue_capacity: usize,
+    /// The most events committed in one transaction. Defaults to 512.
+    pub max_batch: usize,
+}
+
+/// `[webhook]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Webhook {
+    /// Address of the webhook listener. Defaults to `127.0.0.1:8080`.
+    pub listen: String,
+    /// The one path that takes events. Defaults to `/webhooks/stripe`.
+    pub path: String,
+    /// Endpoint signing secrets written in the file. Defaults to none.
+    pub secrets: Vec<String>,
+    /// Environment variable with more secrets, comma-separated. Defaults to `STRIPE_WEBHOOK_SECRET`.
+    pub secrets_env: String,
+    /// Allowed distance of the signature timestamp from now, both ways. Defaults to 300.
+    pub tolerance_secs: u64,
+    /// Larger bodies are refused with 413 unread. Defaults to 1 MiB.
+    pub max_body_bytes: usize,
+    /// Open connections at once; more get 503. Defaults to 512.
+    pub max_connections: usize,
+    /// Seconds an idle keep-alive connection stays open. Defaults to 15.
+    pub idle_timeout_secs: u64,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Address of the admin listener. Defaults to `127.0.0.1:8081`.
+    pub listen: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            file: PathBuf::new(),
+            database: Database::default(),
+            webhook: Webhook::default(),
+            admin: Admin::default(),
+        }
+    }
+}
+
+impl Default for Database {
+    fn default() -> Database {
+        Database {
+            path: PathBuf::from("stripe-inbox.db"),
+            queue_capacity: 4096,
+            max_batch: 512,
+        }
+    }
+}
+
+impl Default for Webhook {
+    fn default() -> Webhook {
+        Webhook {
+            listen: "127.0.0.1:8080".into(),
+            path: "/webhooks/stripe".into(),
+            secrets: Vec::new(),
+            secrets_env: "STRIPE_WEBHOOK_SECRET".into(),
+            tolerance_secs: 300,
+            max_body_bytes: 1024 * 1024,
+            max_connections: 512,
+            idle_timeout_secs: 15,
+        }
+    }
+}
+
+impl Default for Admin {
+    fn default() -> Admin {
+        Admin {
+            listen: "127.0.0.1:8081".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Which file to load: `--config`, else `$STRIPE_INBOX_CONFIG`, else `./stripe-inbox.toml`.
+    pub fn locate(flag: Option<PathBuf>) -> PathBuf {
+        flag.or_else(|| {
+            std::env::var_os(PATH_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+    }
+
+    /// Reads, parses and validates a config file, and resolves the database path against it.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|err| Error::Config {
+            path: path.to_path_buf(),
+            msg: format!("cannot read: {err}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text as if it came from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let err = |msg: String| Error::Config {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let mut config: Config = toml::from_str(text).map_err(|e| err(one_line(&e.to_string())))?;
+        config.file = path.to_path_buf();
+        if config.database.path.is_relative() {
+            let dir = path.parent().unwrap_or(Path::new(""));
+            config.database.path = dir.join(&config.database.path);
+        }
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        parse_addr("[webhook] listen", &self.webhook.listen)?;
+        parse_addr("[admin] listen", &self.admin.listen)?;
+        if !self.webhook.path.starts_with('/') {
+            return Err(format!(
+                "[webhook] path must start with '/', got {:?}",
+                self.webhook.path
+            ));
+        }
+        if self.webhook.max_body_bytes == 0 || self.webhook.max_connections == 0 {
+            return Err("[webhook] max_body_bytes and max_connections must be above 0".into());
+        }
+        if self.database.queue_capacity == 0 || self.database.max_batch == 0 {
+            return Err("[database] queue_capacity and max_batch must be above 0".into());
+        }
+        for (i, s) in self.webhook.secrets.iter().enumerate() {
+            if s.trim() != s || s.is_empty() {
+                return Err(format!(
+                    "[webhook] secrets[{i}] is empty or has leading/trailing whitespace"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every webhook signing secret: those in the file, then those in `secrets_env`. The index of a
+    /// secret in this list is what `events.secret_index` records. Fails when there is none.
+    pub fn webhook_secrets(&self) -> Result<Vec<String>> {
+        let mut all = self.webhook.secrets.clone();
+        if !self.webhook.secrets_env.is_empty() {
+            if let Ok(value) = std::env::var(&self.webhook.secrets_env) {
+                all.extend(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from),
+                );
+            }
+        }
+        if all.is_empty() {
+            let var = if self.webhook.secrets_env.is_empty() {
+                String::new()
+            } else {
+                format!(" or the environment variable {}", self.webhook.secrets_env)
+            };
+            return Err(Error::Config {
+                path: self.file.clone(),
+                msg: format!("no webhook signing secret: set [webhook] secrets{var} to the endpoint's whsec_... secret"),
+            });
+        }
+        for s in &all {
+            if !s.starts_with("whsec_") {
+                log::warn!(
+                    "a webhook secret does not start with whsec_; Stripe's endpoint secrets do"
+                );
+            }
+        }
+        Ok(all)
+    }
+
+    /// The webhook listener's address.
+    pub fn webhook_addr(&self) -> SocketAddr {
+        // validate() already parsed it, so this cannot fail for a loaded config.
+        parse_addr("", &self.webhook.listen)
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
+    /// The idle keep-alive timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.webhook.idle_timeout_secs.max(1))
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> std::result::Result<SocketAddr, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{key} = {value:?} is not an address like 127.0.0.1:8080"))
+}
+
+/// toml's errors span several lines with a source excerpt; keep the log and terminal to one line
+/// that still names the key and line.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|'))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_to_the_defaults() {
+        let text = include_str!("../config.example.toml");
+        let config = Config::parse(text, Path::new("/etc/stripe-inbox/config.toml")).unwrap();
+        assert_eq!(
+            config.database.path,
+            Path::new("/etc/stripe-inbox/stripe-inbox.db")
+        );
+        assert_eq!(config.webhook.listen, "127.0.0.1:8080");
+        assert_eq!(config.webhook.path, "/webhooks/stripe");
+        assert_eq!(config.webhook.secrets_env, "STRIPE_WEBHOOK_SECRET");
+        assert_eq!(config.webhook.tolerance_secs, 300);
+        assert_eq!(config.webhook.max_body_bytes, 1_048_576);
+        assert_eq!(config.admin.listen, "127.0.0.1:8081");
+    }
+
+    #[test]
+    fn every_example_key_uncommented_still_parses() {
+        // The example shows keys commented out at their defaults; uncommenting them all must give a
+        // valid file with the same values, which proves each shown key exists and is spelt right.
+        let text: String = include_str!("../config.example.toml")
+            .lines()
+            .map(|l| {
+                if l.starts_with("# ") && l.contains(" = ") {
+                    &l[2..]
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = Config::parse(&text, Path::new("c.toml")).unwrap();
+        let default = Config::default();
+        assert_eq!(
+            config.webhook.max_connections,
+            default.webhook.max_connections
+        );
+        assert_eq!(config.database.max_batch, default.database.max_batch);
+        assert_eq!(config.database.path, Path::new("stripe-inbox.db"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let err =
+            Config::parse("[webhook]\nsecret = \"x\"\n", Path::new("/x/inbox.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/x/inbox.toml"), "{msg}");
+        assert!(msg.contains("secret"), "{msg}");
+        let err = Config::parse("[databse]\n", Path::new("a.toml")).unwrap_err();
+        assert!(err.to_string().contains("databse"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for (text, needle) in [
+            ("[webhook]\nlisten = \"localhost\"\n", "[webhook] listen"),
+            ("[webhook]\npath = \"hooks\"\n", "must start with '/'"),
+            ("[webhook]\nsecrets = [\"whsec_a \"]\n", "whitespace"),
+            ("[webhook]\ntolerance_secs = -1\n", "tolerance_secs"),
+            ("[database]\nmax_batch = 0\n", "max_batch"),
+        ] {
+            let err = Config::parse(text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_merge_file_and_env() {
+        let var = "STRIPE_INBOX_TEST_SECRETS_MERGE";
+        let text = format!("[webhook]\nsecrets = [\"whsec_file\"]\nsecrets_env = \"{var}\"\n");
+        let config = Config::parse(&text, Path::new("c.toml")).unwrap();
+        std::env::set_var(var, " whsec_a , whsec_b,,");
+        assert_eq!(
+            config.webhook_secrets().unwrap(),
+            ["whsec_file", "whsec_a", "whsec_b"]
+        );
+        std::env::remove_var(var);
+        assert_eq!(config.webhook_secrets().unwrap(), ["whsec_file"]);
+    }
+
+    #[test]
+    fn missing_secret_is_a_clear_error() {
+        let text = "[webhook]\nsecrets_env = \"STRIPE_INBOX_TEST_UNSET_VAR\"\n";
+        let config = Config::parse(text, Path::new("c.toml")).unwrap();
+        let msg = config.webhook_secrets().unwrap_err().to_string();
+        assert!(msg.contains("no webhook signing secret"), "{msg}");
+        assert!(msg.contains("STRIPE_INBOX_TEST_UNSET_VAR"), "{msg}");
+    }
+}

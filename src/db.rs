@@ -1,0 +1,310 @@
+//! The only place that opens SQLite: the one writer connection, the read-only pool, migrations, the
+//! lock that keeps a second server off the file, and integrity checks.
+//!
+//! The writer connection runs in WAL mode with `synchronous=FULL`, because a 2xx to Stripe promises
+//! the event survives a power cut. Readers are `query_only` connections from an r2d2 pool; they can
+//! never write, whatever a bug elsewhere asks of them. Migrations come from `schema.sql`, split on
+//! its `-- step N:` markers, each applied in its own transaction with `PRAGMA user_version`, and a
+//! database from a newer build is refused before anything touches it.
+
+#![allow(clippy::disallowed_methods)] // This module is the one allowed to open connections.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::{Error, Result};
+
+/// The read-only connection pool handed to the admin pages and the read API.
+pub type ReadPool = r2d2::Pool<r2d2_sqlite::SqliteConnectionManager>;
+
+/// The migration ledger, embedded at build time.
+pub const SCHEMA: &str = include_str!("../schema.sql");
+
+/// How long a connection waits for a lock before SQLite gives up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The numbered steps of `schema.sql`: (number, summary, SQL).
+pub fn steps() -> Vec<(i64, &'static str, &'static str)> {
+    let mut steps = Vec::new();
+    let mut rest = SCHEMA;
+    while let Some(at) = rest.find("\n-- step ") {
+        let after = &rest[at + "\n-- step ".len()..];
+        let line_end = after.find('\n').unwrap_or(after.len());
+        let (number, summary) = after[..line_end]
+            .split_once(':')
+            .unwrap_or((&after[..line_end], ""));
+        let body_start = (line_end + 1).min(after.len());
+        let next = after[body_start..]
+            .find("\n-- step ")
+            .map_or(after.len(), |n| body_start + n);
+        let number = number.trim().parse().unwrap_or(-1);
+        steps.push((number, summary.trim(), &after[body_start..next]));
+        rest = &after[next..];
+    }
+    steps
+}
+
+/// The schema version this build knows (the last step's number).
+pub fn known_version() -> i64 {
+    steps().last().map_or(0, |s| s.0)
+}
+
+/// Opens the writer connection, creating the file if needed, and migrates it to the latest step.
+/// Call only from the code that owns the writer thread (or a command holding [`Lock`]).
+pub fn open_writer(path: &Path) -> Result<Connection> {
+    let what = || format!("open database {}", path.display());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create directory {}", dir.display()), e))?;
+    }
+    let conn = Connection::open(path).map_err(|e| Error::sqlite(what(), e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| Error::sqlite(what(), e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| Error::sqlite(what(), e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Other(format!(
+            "{}: journal_mode is {mode}, WAL is required",
+            what()
+        )));
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+        .map_err(|e| Error::sqlite(what(), e))?;
+    migrate(&conn, path)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection (for `check` while a server holds the database, and tools).
+pub fn open_read_only(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| Error::sqlite(format!("open database {} read-only", path.display()), e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| Error::sqlite("set busy timeout", e))?;
+    conn.execute_batch("PRAGMA query_only=ON;")
+        .map_err(|e| Error::sqlite("set query_only", e))?;
+    Ok(conn)
+}
+
+/// A pool of `query_only` connections for readers.
+pub fn read_pool(path: &Path, size: u32) -> Result<ReadPool> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let manager = r2d2_sqlite::SqliteConnectionManager::file(path)
+        .with_flags(flags)
+        .with_init(|c| {
+            c.busy_timeout(BUSY_TIMEOUT)?;
+            c.execute_batch("PRAGMA query_only=ON;")
+        });
+    Ok(r2d2::Pool::builder()
+        .max_size(size)
+        .connection_timeout(Duration::from_secs(5))
+        .build(manager)?)
+}
+
+/// The database's schema version (`PRAGMA user_version`).
+pub fn schema_version(conn: &Connection) -> Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| Error::sqlite("read schema version", e))
+}
+
+/// Applies every step of `schema.sql` newer than the database's `user_version`, one transaction
+/// each. Refuses a database from a newer build.
+pub fn migrate(conn: &Connection, path: &Path) -> Result<()> {
+    let found = schema_version(conn)?;
+    let known = known_version();
+    if found > known {
+        return Err(Error::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            known,
+        });
+    }
+    for (number, summary, sql) in steps().into_iter().filter(|s| s.0 > found) {
+        let what = || format!("migrate {} to step {number} ({summary})", path.display());
+        let tx = conn
+            .unchecked_transaction()
+            .map_err(|e| Error::sqlite(what(), e))?;
+        tx.execute_batch(sql)
+            .map_err(|e| Error::sqlite(what(), e))?;
+        tx.pragma_update(None, "user_version", number)
+            .map_err(|e| Error::sqlite(what(), e))?;
+        tx.commit().map_err(|e| Error::sqlite(what(), e))?;
+        log::info!(
+            "migrated database={} step={number} summary={summary:?}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `PRAGMA integrity_check`: an empty list means the file is sound.
+pub fn integrity_problems(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn
+        .prepare("PRAGMA integrity_check")
+        .map_err(|e| Error::sqlite("integrity check", e))?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(|e| Error::sqlite("integrity check", e))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(|e| Error::sqlite("integrity check", e))?;
+    Ok(rows.into_iter().filter(|r| r != "ok").collect())
+}
+
+/// An advisory lock on `<database>.lock`, held by `serve` (and by commands that write) for as long as
+/// the value lives, so that a second server refuses to start instead of racing the first.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl Lock {
+    /// Takes the lock or says who holds it.
+    pub fn acquire(database: &Path) -> Result<Lock> {
+        let path = lock_path(database);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("create directory {}", dir.display()), e))?;
+        }
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(format!("open lock file {}", path.display()), e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let holder = if holder.is_empty() {
+                    "another process".to_string()
+                } else {
+                    holder.to_string()
+                };
+                return Err(Error::Locked {
+                    path: database.to_path_buf(),
+                    holder,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io(format!("lock {}", path.display()), e));
+            }
+        }
+        // Record who holds it, for the next one's error message.
+        let me = format!("stripe-inbox pid {}", std::process::id());
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = file.write_all(me.as_bytes());
+        Ok(Lock { _file: file, path })
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether some process holds the lock on `database` right now (without taking it).
+    pub fn held(database: &Path) -> Option<String> {
+        match Lock::acquire(database) {
+            Err(Error::Locked { holder, .. }) => Some(holder),
+            _ => None,
+        }
+    }
+}
+
+/// `stripe-inbox.db` → `stripe-inbox.db.lock`.
+pub fn lock_path(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_are_numbered_without_gaps() {
+        let steps = steps();
+        assert!(!steps.is_empty());
+        for (i, (number, summary, sql)) in steps.iter().enumerate() {
+            assert_eq!(*number, i as i64 + 1, "step numbers must run 1..N");
+            assert!(!summary.is_empty(), "step {number} needs a summary");
+            assert!(sql.contains(';'), "step {number} is empty");
+        }
+    }
+
+    #[test]
+    fn migrate_from_empty_then_again_is_a_no_op() {
+        let dir = tempdir();
+        let path = dir.join("m.db");
+        let conn = open_writer(&path).unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), known_version());
+        drop(conn);
+        let conn = open_writer(&path).unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), known_version());
+        assert!(integrity_problems(&conn).unwrap().is_empty());
+    }
+
+    #[test]
+    fn newer_database_is_refused() {
+        let dir = tempdir();
+        let path = dir.join("new.db");
+        let conn = open_writer(&path).unwrap();
+        conn.pragma_update(None, "user_version", known_version() + 1)
+            .unwrap();
+        drop(conn);
+        match open_writer(&path) {
+            Err(Error::SchemaTooNew { found, known, .. }) => assert_eq!(found, known + 1),
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_names_holder() {
+        let dir = tempdir();
+        let path = dir.join("l.db");
+        let first = Lock::acquire(&path).unwrap();
+        let err = Lock::acquire(&path).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        assert!(Lock::held(&path).is_some());
+        drop(first);
+        assert!(Lock::held(&path).is_none());
+        Lock::acquire(&path).unwrap();
+    }
+
+    #[test]
+    fn readers_cannot_write() {
+        let dir = tempdir();
+        let path = dir.join("r.db");
+        let _writer = open_writer(&path).unwrap();
+        let pool = read_pool(&path, 2).unwrap();
+        let conn = pool.get().unwrap();
+        assert!(conn.execute("DELETE FROM events", []).is_err());
+        let ro = open_read_only(&path).unwrap();
+        assert!(ro.execute("DELETE FROM events", []).is_err());
+    }
+
+    pub(crate) fn tempdir() -> PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("stripe-inbox-db-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

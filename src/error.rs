@@ -1,0 +1,126 @@
+//! The crate's one error type.
+//!
+//! Every fallible function returns [`Result<T>`]. Messages read "doing what: cause", lowercase, with
+//! no trailing period; only `main` adds the `error:` prefix and a `try:` hint. Clients of the HTTP
+//! listeners never see these messages: they get a fixed public text per status while the log gets
+//! the cause.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Shorthand for results that fail with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong in stripe-inbox.
+#[derive(Debug)]
+pub enum Error {
+    /// The command line could not be understood. `hint` is printed as `try: ...` by `main`.
+    Usage { msg: String, hint: String },
+    /// The configuration file is missing, not TOML, has an unknown key or an invalid value.
+    Config { path: PathBuf, msg: String },
+    /// A file or socket operation failed; `what` says which, with the path or address.
+    Io { what: String, err: std::io::Error },
+    /// SQLite refused a statement; `what` says which operation.
+    Sqlite { what: String, err: rusqlite::Error },
+    /// The read pool could not hand out a connection.
+    Pool(r2d2::Error),
+    /// The database was written by a newer build of stripe-inbox.
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    /// Another `stripe-inbox serve` already holds the database.
+    Locked { path: PathBuf, holder: String },
+    /// The writer thread is gone or its queue is full; the request should be retried later.
+    Unavailable(String),
+    /// Anything else, with its full context in the message.
+    Other(String),
+}
+
+impl Error {
+    /// A usage error with a hint; `main` exits 2 for these.
+    pub fn usage(msg: impl Into<String>, hint: impl Into<String>) -> Error {
+        Error::Usage {
+            msg: msg.into(),
+            hint: hint.into(),
+        }
+    }
+
+    /// Wraps an I/O error with what was being done.
+    pub fn io(what: impl Into<String>, err: std::io::Error) -> Error {
+        Error::Io {
+            what: what.into(),
+            err,
+        }
+    }
+
+    /// Wraps a SQLite error with what was being done.
+    pub fn sqlite(what: impl Into<String>, err: rusqlite::Error) -> Error {
+        Error::Sqlite {
+            what: what.into(),
+            err,
+        }
+    }
+
+    /// The process exit code for this error: 2 for usage errors, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage { .. } => 2,
+            _ => 1,
+        }
+    }
+
+    /// The `try: ...` hint `main` prints under the message, if any.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            Error::Usage { hint, .. } if !hint.is_empty() => Some(hint),
+            Error::SchemaTooNew { .. } => {
+                Some("run the newer stripe-inbox build that wrote this database")
+            }
+            Error::Locked { .. } => {
+                Some("stop the running `stripe-inbox serve` first (systemctl stop stripe-inbox)")
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Usage { msg, .. } => write!(f, "{msg}"),
+            Error::Config { path, msg } => write!(f, "config {}: {msg}", path.display()),
+            Error::Io { what, err } => write!(f, "{what}: {err}"),
+            Error::Sqlite { what, err } => write!(f, "{what}: {err}"),
+            Error::Pool(err) => write!(f, "read pool: {err}"),
+            Error::SchemaTooNew { path, found, known } => write!(
+                f,
+                "database {}: schema version {found} is newer than this build knows ({known})",
+                path.display()
+            ),
+            Error::Locked { path, holder } => {
+                write!(f, "database {}: already served by {holder}", path.display())
+            }
+            Error::Unavailable(msg) => write!(f, "writer unavailable: {msg}"),
+            Error::Other(msg) => write!(f, "{msg}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { err, .. } => Some(err),
+            Error::Sqlite { err, .. } => Some(err),
+            Error::Pool(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+impl From<r2d2::Error> for Error {
+    fn from(err: r2d2::Error) -> Error {
+        Error::Pool(err)
+    }
+}

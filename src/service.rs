@@ -1,0 +1,135 @@
+//! `serve`: starting the whole service in order, and stopping it without losing what was answered.
+//!
+//! Start: read the secrets, take the database lock, open and migrate the writer connection (before
+//! any port is bound, so a bad database never accepts traffic), open the read pool, start the
+//! writer, then bind the webhook and admin listeners. Stop: stop accepting, let requests in flight
+//! finish and be answered, let the writer commit what is queued, close the database.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::db::{self, Lock};
+use crate::error::{Error, Result};
+use crate::http::{Server, ServerConfig};
+use crate::webhook::{Counters, Endpoint};
+use crate::writer::{Writer, WriterConfig};
+
+/// How long shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The running service.
+pub struct Service {
+    webhook: Server,
+    admin: Server,
+    writer: Writer,
+    lock: Lock,
+    database: PathBuf,
+}
+
+impl Service {
+    /// Starts everything; returns once both listeners accept connections.
+    pub fn start(config: &Config) -> Result<Service> {
+        let secrets = config.webhook_secrets()?;
+        let database = config.database.path.clone();
+        let lock = Lock::acquire(&database)?;
+        let conn = db::open_writer(&database)?;
+        let pool = db::read_pool(&database, 4)?;
+        let writer = Writer::start(
+            conn,
+            WriterConfig {
+                queue_capacity: config.database.queue_capacity,
+                max_batch: config.database.max_batch,
+            },
+        )?;
+        let counters = Arc::new(Counters::default());
+
+        let endpoint = Arc::new(Endpoint {
+            path: config.webhook.path.clone(),
+            secrets,
+            tolerance_secs: config.webhook.tolerance_secs as i64,
+            writer: writer.handle(),
+            counters: counters.clone(),
+        });
+        let webhook_config = ServerConfig {
+            name: "webhook",
+            max_body_bytes: config.webhook.max_body_bytes,
+            max_connections: config.webhook.max_connections,
+            idle_timeout: config.idle_timeout(),
+            ..ServerConfig::default()
+        };
+        let webhook = Server::bind(
+            &config.webhook.listen,
+            webhook_config,
+            Arc::new(move |req| endpoint.handle(req)),
+        )
+        .map_err(|e| Error::io(format!("listen on {} (webhook)", config.webhook.listen), e))?;
+
+        let admin_state = Arc::new(Admin {
+            pool,
+            writer: writer.handle(),
+            counters,
+        });
+        let admin_config = ServerConfig {
+            name: "admin",
+            max_body_bytes: 64 * 1024,
+            max_connections: 64,
+            ..ServerConfig::default()
+        };
+        let admin = match Server::bind(
+            &config.admin.listen,
+            admin_config,
+            Arc::new(move |req| admin_state.handle(req)),
+        ) {
+            Ok(server) => server,
+            Err(e) => {
+                webhook.shutdown(Duration::from_secs(1));
+                writer.stop();
+                return Err(Error::io(
+                    format!("listen on {} (admin)", config.admin.listen),
+                    e,
+                ));
+            }
+        };
+        log::info!(
+            "listening webhook=http://{}{} admin=http://{}/ database={} lock={}",
+            webhook.local_addr(),
+            config.webhook.path,
+            admin.local_addr(),
+            database.display(),
+            lock.path().display(),
+        );
+        Ok(Service {
+            webhook,
+            admin,
+            writer,
+            lock,
+            database,
+        })
+    }
+
+    pub fn webhook_addr(&self) -> SocketAddr {
+        self.webhook.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr()
+    }
+
+    /// Stops accepting, answers what is in flight, commits what is queued, closes the database.
+    pub fn shutdown(self) {
+        log::info!("shutting down: no new connections; finishing requests in flight");
+        if !self.webhook.shutdown(SHUTDOWN_GRACE) {
+            log::warn!("webhook connections still open after {SHUTDOWN_GRACE:?}; closing anyway");
+        }
+        self.admin.shutdown(Duration::from_secs(2));
+        // The admin handler (and its read pool) went with the admin server; the writer commits
+        // whatever is still queued, then its connection closes and checkpoints the WAL.
+        self.writer.stop();
+        log::info!("stopped database={}", self.database.display());
+        drop(self.lock);
+    }
+}

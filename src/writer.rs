@@ -1,0 +1,391 @@
+//! The writer thread: the one read-write connection, group commit, and replies after COMMIT.
+//!
+//! HTTP worker threads (and, later, the forwarder, the Stripe API client and admin actions) never
+//! write; they send a message to this thread and wait for its answer. The thread takes whatever is
+//! queued (up to `max_batch`), applies it all in ONE transaction, commits (WAL, `synchronous=FULL`,
+//! so COMMIT returns only when the WAL is on disk), and only then answers every waiter. Many
+//! requests thus share one fsync, which makes throughput almost independent of the disk's speed.
+//!
+//! Each message runs inside its own SAVEPOINT, so one bad message fails alone; a failed COMMIT fails
+//! the whole batch and every waiter hears so (the HTTP layer turns that into 503: Stripe retries).
+//! The queue is bounded: when it is full, callers get [`Error::Unavailable`] at once rather than
+//! piling up threads.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use rusqlite::{params, Connection, Transaction, TransactionBehavior};
+
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+
+/// Where an event came from (stored in `events.source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Webhook,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Webhook => "webhook",
+        }
+    }
+}
+
+/// A verified event on its way to disk.
+#[derive(Debug)]
+pub struct Ingest {
+    pub envelope: Envelope,
+    /// The raw body exactly as received.
+    pub body: Vec<u8>,
+    pub secret_index: Option<usize>,
+    /// Unix milliseconds when the request arrived.
+    pub received_at_ms: i64,
+    pub source: Source,
+}
+
+/// What happened to an ingested event, known only after COMMIT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new row, at this arrival sequence number.
+    Stored { seq: i64 },
+    /// The id was known; `deliveries` is the new delivery count.
+    Duplicate { deliveries: i64 },
+}
+
+/// A unit of work other than an event: runs on the writer inside the batch's transaction.
+/// It receives the writer connection with a transaction (and a savepoint for it) open.
+pub type Task = Box<dyn FnOnce(&Connection) -> Result<()> + Send>;
+
+enum Msg {
+    Ingest(Box<Ingest>, SyncSender<Result<Outcome>>),
+    Task(Task, SyncSender<Result<()>>),
+    Stop,
+}
+
+/// Counters the writer keeps; read by the admin listener and logged at exit.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub commits: AtomicU64,
+    pub events: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub failed: AtomicU64,
+    pub max_batch: AtomicU64,
+    /// Messages sent but not yet taken by the writer.
+    pub queued: AtomicUsize,
+    /// Total microseconds spent in COMMIT.
+    pub commit_micros: AtomicU64,
+}
+
+/// Settings for [`Writer::start`].
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    pub queue_capacity: usize,
+    pub max_batch: usize,
+}
+
+/// The running writer thread.
+pub struct Writer {
+    handle: WriterHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A cheap, cloneable way to hand work to the writer.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: SyncSender<Msg>,
+    stats: Arc<Stats>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`, which must be the migrated writer connection.
+    pub fn start(conn: Connection, config: WriterConfig) -> Result<Writer> {
+        let next_seq: i64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM events", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| Error::sqlite("read next event sequence", e))?;
+        let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+        let stats = Arc::new(Stats::default());
+        let mut state = State {
+            conn,
+            next_seq,
+            max_batch: config.max_batch.max(1),
+            stats: stats.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("writer".into())
+            .spawn(move || state.run(rx))
+            .map_err(|e| Error::io("spawn writer thread", e))?;
+        Ok(Writer {
+            handle: WriterHandle { tx, stats },
+            thread: Some(thread),
+        })
+    }
+
+    pub fn handle(&self) -> WriterHandle {
+        self.handle.clone()
+    }
+
+    /// Finishes everything queued before this call, commits it, and ends the thread.
+    pub fn stop(mut self) {
+        // A blocking send: the queue may be full, and Stop must come after what is already in it.
+        let _ = self.handle.tx.send(Msg::Stop);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::error!("writer thread panicked");
+            }
+        }
+        let s = &self.handle.stats;
+        log::info!(
+            "writer stats: commits={} events={} duplicates={} failed={} max_batch={} commit_ms_total={}",
+            s.commits.load(Ordering::Relaxed),
+            s.events.load(Ordering::Relaxed),
+            s.duplicates.load(Ordering::Relaxed),
+            s.failed.load(Ordering::Relaxed),
+            s.max_batch.load(Ordering::Relaxed),
+            s.commit_micros.load(Ordering::Relaxed) / 1000,
+        );
+    }
+}
+
+impl WriterHandle {
+    /// Stores an event and waits until it is committed. Fails with [`Error::Unavailable`] when the
+    /// queue is full or the writer is gone, and with the database error when the write failed.
+    pub fn ingest(&self, ingest: Ingest) -> Result<Outcome> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Msg::Ingest(Box::new(ingest), reply))?;
+        answer
+            .recv()
+            .map_err(|_| Error::Unavailable("writer stopped before answering".into()))?
+    }
+
+    /// Runs `task` inside a writer transaction and waits for its COMMIT.
+    pub fn run(&self, task: Task) -> Result<()> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Msg::Task(task, reply))?;
+        answer
+            .recv()
+            .map_err(|_| Error::Unavailable("writer stopped before answering".into()))?
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn send(&self, msg: Msg) -> Result<()> {
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(Error::Unavailable(match e {
+                    TrySendError::Full(_) => "queue full".into(),
+                    TrySendError::Disconnected(_) => "writer stopped".into(),
+                }))
+            }
+        }
+    }
+}
+
+/// What the writer thread owns.
+struct State {
+    conn: Connection,
+    next_seq: i64,
+    max_batch: usize,
+    stats: Arc<Stats>,
+}
+
+/// A message's result, kept until COMMIT decides whether it stands.
+enum Pending {
+    Ingest(SyncSender<Result<Outcome>>, Result<Outcome>),
+    Task(SyncSender<Result<()>>, Result<()>),
+}
+
+impl State {
+    fn run(&mut self, rx: Receiver<Msg>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        let mut stop = false;
+        while !stop {
+            // Wait for the first message, then take whatever else is already queued.
+            match rx.recv() {
+                Ok(msg) => batch.push(msg),
+                Err(_) => break,
+            }
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(msg) => batch.push(msg),
+                    Err(_) => break,
+                }
+            }
+            self.stats.queued.fetch_sub(
+                batch.iter().filter(|m| !matches!(m, Msg::Stop)).count(),
+                Ordering::Relaxed,
+            );
+            if batch.iter().any(|m| matches!(m, Msg::Stop)) {
+                stop = true;
+            }
+            self.commit_batch(&mut batch);
+        }
+    }
+
+    fn commit_batch(&mut self, batch: &mut Vec<Msg>) {
+        let mut pending = Vec::with_capacity(batch.len());
+        let result = self.apply_batch(batch, &mut pending);
+        let ok = match result {
+            Ok(n) if n > 0 => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats.max_batch.fetch_max(n as u64, Ordering::Relaxed);
+                true
+            }
+            Ok(_) => true,
+            Err(ref e) => {
+                log::error!(
+                    "writer commit failed: {e}; {} request(s) answered unavailable",
+                    pending.len()
+                );
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                false
+            }
+        };
+        // Answer every waiter, now that the outcome is durable (or known to have failed).
+        for p in pending {
+            match p {
+                Pending::Ingest(reply, outcome) => {
+                    let outcome = if ok {
+                        outcome
+                    } else {
+                        Err(Error::Unavailable("database write failed".into()))
+                    };
+                    match &outcome {
+                        Ok(Outcome::Stored { .. }) => {
+                            self.stats.events.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Ok(Outcome::Duplicate { .. }) => {
+                            self.stats.duplicates.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Err(_) => self.stats.failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                    let _ = reply.send(outcome);
+                }
+                Pending::Task(reply, outcome) => {
+                    let outcome = if ok {
+                        outcome
+                    } else {
+                        Err(Error::Unavailable("database write failed".into()))
+                    };
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+    }
+
+    /// Applies every message in one transaction and commits; returns how many messages it held.
+    fn apply_batch(&mut self, batch: &mut Vec<Msg>, pending: &mut Vec<Pending>) -> Result<usize> {
+        let count = batch.iter().filter(|m| !matches!(m, Msg::Stop)).count();
+        if count == 0 {
+            batch.clear();
+            return Ok(0);
+        }
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| Error::sqlite("begin write transaction", e))?;
+        for msg in batch.drain(..) {
+            match msg {
+                Msg::Ingest(ingest, reply) => {
+                    let outcome =
+                        in_savepoint(&mut tx, |sp| store_event(sp, &ingest, &mut self.next_seq));
+                    if let Err(e) = &outcome {
+                        log::error!("store event={}: {e}", ingest.envelope.id);
+                    }
+                    pending.push(Pending::Ingest(reply, outcome));
+                }
+                Msg::Task(task, reply) => {
+                    let outcome = in_savepoint(&mut tx, |sp| task(sp));
+                    pending.push(Pending::Task(reply, outcome));
+                }
+                Msg::Stop => {}
+            }
+        }
+        let started = Instant::now();
+        tx.commit().map_err(|e| Error::sqlite("commit", e))?;
+        self.stats
+            .commit_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(count)
+    }
+}
+
+/// Runs `f` in a savepoint of `tx`: its writes stay if it succeeds and vanish if it fails.
+fn in_savepoint<T>(tx: &mut Transaction, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    let sp = tx.savepoint().map_err(|e| Error::sqlite("savepoint", e))?;
+    let result = f(&sp);
+    match result {
+        Ok(value) => {
+            sp.commit()
+                .map_err(|e| Error::sqlite("release savepoint", e))?;
+            Ok(value)
+        }
+        Err(e) => {
+            // Dropping the savepoint rolls it back.
+            drop(sp);
+            Err(e)
+        }
+    }
+}
+
+/// Inserts the raw event, or counts a repeated delivery of a known id.
+fn store_event(conn: &Connection, ingest: &Ingest, next_seq: &mut i64) -> Result<Outcome> {
+    let env = &ingest.envelope;
+    let seq = *next_seq;
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO events (id, seq, type, created, livemode, account, api_version, object_id,
+                object_type, request_id, idempotency_key, thin, body, received_at, last_received_at,
+                deliveries, secret_index, source)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, 1, ?15, ?16)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                env.id,
+                seq,
+                env.event_type,
+                env.created,
+                env.livemode,
+                env.account,
+                env.api_version,
+                env.object_id,
+                env.object_type,
+                env.request_id,
+                env.idempotency_key,
+                env.thin,
+                ingest.body,
+                ingest.received_at_ms,
+                ingest.secret_index.map(|i| i as i64),
+                ingest.source.as_str(),
+            ])
+        })
+        .map_err(|e| Error::sqlite(format!("insert event {}", env.id), e))?;
+    if inserted == 0 {
+        let deliveries = conn
+            .prepare_cached(
+                "UPDATE events SET deliveries = deliveries + 1, last_received_at = ?2
+                 WHERE id = ?1 RETURNING deliveries",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![env.id, ingest.received_at_ms], |r| r.get(0))
+            })
+            .map_err(|e| Error::sqlite(format!("count delivery of {}", env.id), e))?;
+        return Ok(Outcome::Duplicate { deliveries });
+    }
+    *next_seq += 1;
+    Ok(Outcome::Stored { seq })
+}
