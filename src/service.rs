@@ -119,6 +119,11 @@ impl Service {
         self.admin.local_addr()
     }
 
+    /// A handle on the writer, for work that must go through it (and for tests).
+    pub fn writer(&self) -> crate::writer::WriterHandle {
+        self.writer.handle()
+    }
+
     /// Stops accepting, answers what is in flight, commits what is queued, closes the database.
     pub fn shutdown(self) {
         log::info!("shutting down: no new connections; finishing requests in flight");

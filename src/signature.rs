@@ -265,6 +265,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)] // One scenario table, read row by row.
     fn scenarios() {
         let body = br#"{"id":"evt_1","object":"event"}"#;
         let t = 1_700_000_000;

@@ -236,6 +236,19 @@ impl State {
     fn commit_batch(&mut self, batch: &mut Vec<Msg>) {
         let mut pending = Vec::with_capacity(batch.len());
         let result = self.apply_batch(batch, &mut pending);
+        // If the transaction could not even begin, the messages are still in the batch: they fail.
+        for msg in batch.drain(..) {
+            match msg {
+                Msg::Ingest(_, reply) => pending.push(Pending::Ingest(
+                    reply,
+                    Err(Error::Unavailable(String::new())),
+                )),
+                Msg::Task(_, reply) => {
+                    pending.push(Pending::Task(reply, Err(Error::Unavailable(String::new()))))
+                }
+                Msg::Stop => {}
+            }
+        }
         let ok = match result {
             Ok(n) if n > 0 => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);

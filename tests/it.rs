@@ -1,0 +1,6 @@
+//! The one integration-test binary: real servers on free loopback ports, temp dirs, no network.
+
+mod support;
+
+mod cli;
+mod webhook;

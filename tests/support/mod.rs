@@ -1,0 +1,232 @@
+//! Test support: a service on free loopback ports in a temp dir, a raw HTTP client, signing.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use stripe_inbox::config::Config;
+use stripe_inbox::service::Service;
+use stripe_inbox::{db, signature, testevent, time};
+
+pub const SECRET: &str = "whsec_test_secret_for_integration";
+
+/// A temp dir removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("stripe-inbox-it-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Config text for a service in `dir` on free ports (port 0 in-process; real ports for binaries).
+pub fn config_text(dir: &Path, webhook: &str, admin: &str, extra: &str) -> String {
+    format!(
+        "[database]\npath = \"{}\"\n{extra}\n[webhook]\nlisten = \"{webhook}\"\nsecrets = [\"{SECRET}\"]\nsecrets_env = \"\"\n\n[admin]\nlisten = \"{admin}\"\n",
+        dir.join("inbox.db").display()
+    )
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// The service running in this process.
+pub struct TestApp {
+    pub dir: TempDir,
+    pub config: Config,
+    pub service: Option<Service>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl TestApp {
+    pub fn start() -> TestApp {
+        TestApp::start_with("")
+    }
+
+    /// `database_extra` is appended to the `[database]` table (e.g. `queue_capacity = 1`).
+    pub fn start_with(database_extra: &str) -> TestApp {
+        let dir = TempDir::new("app");
+        let text = config_text(dir.path(), "127.0.0.1:0", "127.0.0.1:0", database_extra);
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = Config::load(&path).unwrap();
+        let service = Service::start(&config).unwrap();
+        let addr = service.webhook_addr();
+        let admin = service.admin_addr();
+        TestApp {
+            dir,
+            config,
+            service: Some(service),
+            addr,
+            admin,
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.config.database.path.clone()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(service) = self.service.take() {
+            service.shutdown();
+        }
+    }
+
+    /// POSTs `body` to the webhook path with these extra header lines.
+    pub fn post(&self, body: &[u8], headers: &[(&str, &str)]) -> Reply {
+        post(self.addr, "/webhooks/stripe", body, headers)
+    }
+
+    /// POSTs a correctly signed body.
+    pub fn post_signed(&self, body: &[u8]) -> Reply {
+        let sig = signature::sign(body, SECRET, time::now_ms() / 1000);
+        self.post(body, &[("Stripe-Signature", &sig)])
+    }
+
+    pub fn event_count(&self) -> i64 {
+        event_count(&self.db_path())
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn event_count(db: &Path) -> i64 {
+    let conn = db::open_read_only(db).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// An answer from the server.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Sends one raw request on a new connection and reads the whole answer (`Connection: close`).
+pub fn raw(addr: SocketAddr, request: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    read_reply(&mut stream)
+}
+
+/// Reads one response (head + Content-Length body) from a stream.
+pub fn read_reply(stream: &mut TcpStream) -> Reply {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = stream.read(&mut chunk).unwrap();
+                assert!(n > 0, "connection closed mid-body");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
+            return Reply { status, head, body };
+        }
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "connection closed before a response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A POST with `Connection: close`.
+pub fn post(addr: SocketAddr, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
+    raw(addr, &request("POST", path, body, headers, true))
+}
+
+/// Builds request bytes.
+pub fn request(
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+    close: bool,
+) -> Vec<u8> {
+    let mut out = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    );
+    for (n, v) in headers {
+        out.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if close {
+        out.push_str("Connection: close\r\n");
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// A realistic event body of `event_type` created now.
+pub fn event(event_type: &str) -> Vec<u8> {
+    let event = testevent::build(event_type, time::now_ms() / 1000).unwrap();
+    serde_json::to_vec_pretty(&event).unwrap()
+}
+
+/// The `id` of an event body.
+pub fn event_id(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
