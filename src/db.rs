@@ -73,8 +73,13 @@ pub fn open_writer(path: &Path) -> Result<Connection> {
             what()
         )));
     }
-    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
-        .map_err(|e| Error::sqlite(what(), e))?;
+    // The checkpointer thread moves WAL pages into the file; the writer checkpoints only as a
+    // fallback when the WAL passes ~40 MB, and a WAL that grew is cut back to 64 MiB after reset.
+    conn.execute_batch(
+        "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA wal_autocheckpoint=10000;
+         PRAGMA journal_size_limit=67108864;",
+    )
+    .map_err(|e| Error::sqlite(what(), e))?;
     migrate(&conn, path)?;
     Ok(conn)
 }
@@ -106,6 +111,64 @@ pub fn read_pool(path: &Path, size: u32) -> Result<ReadPool> {
         .max_size(size)
         .connection_timeout(Duration::from_secs(5))
         .build(manager)?)
+}
+
+/// A thread that runs `PRAGMA wal_checkpoint(PASSIVE)` about once a second on a connection of its
+/// own, so that copying WAL pages into the database file happens beside the writer's commits
+/// instead of inside one of them (measured: that checkpoint set the writer's tail latency).
+///
+/// Its connection is `query_only`: it cannot write a row. A checkpoint only copies pages that the
+/// writer has already committed; SQLite refuses to checkpoint from a read-only-opened connection,
+/// which is why this one is opened read-write and then locked down.
+pub struct Checkpointer {
+    stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing `path` every `interval`.
+    pub fn start(path: &Path, interval: Duration) -> Result<Checkpointer> {
+        let what = || format!("open checkpoint connection to {}", path.display());
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn =
+            Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(what(), e))?;
+        conn.busy_timeout(Duration::from_millis(100))
+            .map_err(|e| Error::sqlite(what(), e))?;
+        conn.execute_batch("PRAGMA query_only=ON;")
+            .map_err(|e| Error::sqlite(what(), e))?;
+        let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || {
+                let (lock, cvar) = &*flag;
+                let mut stopped = lock.lock().expect("checkpointer lock poisoned");
+                while !*stopped {
+                    stopped = cvar
+                        .wait_timeout(stopped, interval)
+                        .expect("checkpointer lock poisoned")
+                        .0;
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        log::debug!("passive checkpoint: {e}");
+                    }
+                }
+            })
+            .map_err(|e| Error::io("spawn checkpoint thread", e))?;
+        Ok(Checkpointer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and closes its connection.
+    pub fn stop(mut self) {
+        *self.stop.0.lock().expect("checkpointer lock poisoned") = true;
+        self.stop.1.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The database's schema version (`PRAGMA user_version`).

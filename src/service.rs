@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::db::{self, Lock};
+use crate::db::{self, Checkpointer, Lock};
 use crate::error::{Error, Result};
 use crate::http::{Server, ServerConfig};
 use crate::webhook::{Counters, Endpoint};
@@ -26,6 +26,7 @@ pub struct Service {
     webhook: Server,
     admin: Server,
     writer: Writer,
+    checkpointer: Checkpointer,
     lock: Lock,
     database: PathBuf,
 }
@@ -45,6 +46,7 @@ impl Service {
                 max_batch: config.database.max_batch,
             },
         )?;
+        let checkpointer = Checkpointer::start(&database, Duration::from_secs(1))?;
         let counters = Arc::new(Counters::default());
 
         let endpoint = Arc::new(Endpoint {
@@ -87,6 +89,7 @@ impl Service {
             Ok(server) => server,
             Err(e) => {
                 webhook.shutdown(Duration::from_secs(1));
+                checkpointer.stop();
                 writer.stop();
                 return Err(Error::io(
                     format!("listen on {} (admin)", config.admin.listen),
@@ -106,6 +109,7 @@ impl Service {
             webhook,
             admin,
             writer,
+            checkpointer,
             lock,
             database,
         })
@@ -132,7 +136,8 @@ impl Service {
         }
         self.admin.shutdown(Duration::from_secs(2));
         // The admin handler (and its read pool) went with the admin server; the writer commits
-        // whatever is still queued, then its connection closes and checkpoints the WAL.
+        // whatever is still queued, then its connection, the last one, closes and checkpoints.
+        self.checkpointer.stop();
         self.writer.stop();
         log::info!("stopped database={}", self.database.display());
         drop(self.lock);

@@ -79,6 +79,10 @@ pub struct Stats {
     pub queued: AtomicUsize,
     /// Total microseconds spent in COMMIT.
     pub commit_micros: AtomicU64,
+    /// The longest COMMIT, in microseconds.
+    pub commit_micros_max: AtomicU64,
+    /// COMMITs that took over 5 ms (a slow disk, or a checkpoint inside the commit).
+    pub slow_commits: AtomicU64,
 }
 
 /// Settings for [`Writer::start`].
@@ -142,13 +146,16 @@ impl Writer {
         }
         let s = &self.handle.stats;
         log::info!(
-            "writer stats: commits={} events={} duplicates={} failed={} max_batch={} commit_ms_total={}",
+            "writer stats: commits={} events={} duplicates={} failed={} max_batch={} commit_ms_total={} \
+             commit_ms_max={:.1} slow_commits={}",
             s.commits.load(Ordering::Relaxed),
             s.events.load(Ordering::Relaxed),
             s.duplicates.load(Ordering::Relaxed),
             s.failed.load(Ordering::Relaxed),
             s.max_batch.load(Ordering::Relaxed),
             s.commit_micros.load(Ordering::Relaxed) / 1000,
+            s.commit_micros_max.load(Ordering::Relaxed) as f64 / 1000.0,
+            s.slow_commits.load(Ordering::Relaxed),
         );
     }
 }
@@ -329,9 +336,16 @@ impl State {
         }
         let started = Instant::now();
         tx.commit().map_err(|e| Error::sqlite("commit", e))?;
+        let micros = started.elapsed().as_micros() as u64;
         self.stats
             .commit_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(micros, Ordering::Relaxed);
+        self.stats
+            .commit_micros_max
+            .fetch_max(micros, Ordering::Relaxed);
+        if micros > 5_000 {
+            self.stats.slow_commits.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(count)
     }
 }
