@@ -64,6 +64,10 @@ pub fn open_writer(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path).map_err(|e| Error::sqlite(what(), e))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| Error::sqlite(what(), e))?;
+    // Only possible while the file is still empty: lets `prune` give space back with an
+    // incremental vacuum instead of a full VACUUM that would stall the writer.
+    conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL;")
+        .map_err(|e| Error::sqlite(what(), e))?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(|e| Error::sqlite(what(), e))?;
@@ -313,6 +317,10 @@ mod tests {
         let path = dir.join("m.db");
         let conn = open_writer(&path).unwrap();
         assert_eq!(schema_version(&conn).unwrap(), known_version());
+        let auto_vacuum: i64 = conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(auto_vacuum, 2, "a new database has incremental auto_vacuum");
         drop(conn);
         let conn = open_writer(&path).unwrap();
         assert_eq!(schema_version(&conn).unwrap(), known_version());
