@@ -70,6 +70,11 @@ pub struct Webhook {
 pub struct Admin {
     /// Address of the admin listener. Defaults to `127.0.0.1:8081`.
     pub listen: String,
+    /// Environment variable holding the admin password; unset or empty means no password, which is
+    /// only allowed on a loopback `listen`. Defaults to `STRIPE_INBOX_ADMIN_PASSWORD`.
+    pub password_env: String,
+    /// Mark the session cookie `Secure` (HTTPS only, behind a TLS proxy). Defaults to false.
+    pub cookie_secure: bool,
 }
 
 impl Default for Config {
@@ -112,6 +117,8 @@ impl Default for Admin {
     fn default() -> Admin {
         Admin {
             listen: "127.0.0.1:8081".into(),
+            password_env: "STRIPE_INBOX_ADMIN_PASSWORD".into(),
+            cookie_secure: false,
         }
     }
 }
@@ -213,6 +220,28 @@ impl Config {
         Ok(all)
     }
 
+    /// The admin password from the variable `[admin] password_env` names, if set and not empty.
+    /// Fails when there is none and the admin listener is not on a loopback address: the pages
+    /// would be open to the network.
+    pub fn admin_password(&self) -> Result<Option<String>> {
+        let password = Some(self.admin.password_env.as_str())
+            .filter(|name| !name.is_empty())
+            .and_then(|name| std::env::var(name).ok())
+            .filter(|p| !p.is_empty());
+        let loopback = parse_addr("", &self.admin.listen).is_ok_and(|a| a.ip().is_loopback());
+        if password.is_none() && !loopback {
+            return Err(Error::Config {
+                path: self.file.clone(),
+                msg: format!(
+                    "[admin] listen = {:?} is not a loopback address and there is no admin password: set the environment variable {} (named by [admin] password_env), or listen on 127.0.0.1",
+                    self.admin.listen,
+                    if self.admin.password_env.is_empty() { "STRIPE_INBOX_ADMIN_PASSWORD" } else { &self.admin.password_env }
+                ),
+            });
+        }
+        Ok(password)
+    }
+
     /// The webhook listener's address.
     pub fn webhook_addr(&self) -> SocketAddr {
         // validate() already parsed it, so this cannot fail for a loaded config.
@@ -260,6 +289,8 @@ mod tests {
         assert_eq!(config.webhook.tolerance_secs, 300);
         assert_eq!(config.webhook.max_body_bytes, 1_048_576);
         assert_eq!(config.admin.listen, "127.0.0.1:8081");
+        assert_eq!(config.admin.password_env, "STRIPE_INBOX_ADMIN_PASSWORD");
+        assert!(!config.admin.cookie_secure);
     }
 
     #[test]
@@ -326,6 +357,34 @@ mod tests {
         );
         std::env::remove_var(var);
         assert_eq!(config.webhook_secrets().unwrap(), ["whsec_file"]);
+    }
+
+    #[test]
+    fn admin_without_password_only_on_loopback() {
+        let var = "STRIPE_INBOX_TEST_ADMIN_PW_UNSET";
+        for (listen, ok) in [
+            ("127.0.0.1:8081", true),
+            ("[::1]:8081", true),
+            ("0.0.0.0:8081", false),
+            ("192.168.1.5:8081", false),
+        ] {
+            let text = format!("[admin]\nlisten = \"{listen}\"\npassword_env = \"{var}\"\n");
+            let config = Config::parse(&text, Path::new("c.toml")).unwrap();
+            match config.admin_password() {
+                Ok(None) => assert!(ok, "{listen} allowed without a password"),
+                Ok(Some(_)) => panic!("no password was set"),
+                Err(e) => {
+                    assert!(!ok, "{listen}: {e}");
+                    assert!(e.to_string().contains(var), "{e}");
+                }
+            }
+        }
+        let var = "STRIPE_INBOX_TEST_ADMIN_PW_SET";
+        std::env::set_var(var, "s3cret");
+        let text = format!("[admin]\nlisten = \"0.0.0.0:8081\"\npassword_env = \"{var}\"\n");
+        let config = Config::parse(&text, Path::new("c.toml")).unwrap();
+        assert_eq!(config.admin_password().unwrap().as_deref(), Some("s3cret"));
+        std::env::remove_var(var);
     }
 
     #[test]

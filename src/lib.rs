@@ -56,12 +56,16 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod envelope;
 pub mod error;
+pub mod form;
+pub mod html;
 pub mod http;
+pub mod metrics;
 pub mod service;
 pub mod signature;
 pub mod testevent;

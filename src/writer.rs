@@ -21,6 +21,7 @@ use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
+use crate::metrics::{Histogram, BATCH_BOUNDS, COMMIT_MICROS_BOUNDS};
 
 /// Where an event came from (stored in `events.source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +69,7 @@ enum Msg {
 }
 
 /// Counters the writer keeps; read by the admin listener and logged at exit.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     pub commits: AtomicU64,
     pub events: AtomicU64,
@@ -83,6 +84,28 @@ pub struct Stats {
     pub commit_micros_max: AtomicU64,
     /// COMMITs that took over 5 ms (a slow disk, or a checkpoint inside the commit).
     pub slow_commits: AtomicU64,
+    /// How long each COMMIT took, in microseconds (for `/metrics`).
+    pub commit_latency: Histogram<12>,
+    /// Messages per committed transaction (for `/metrics`).
+    pub batch_size: Histogram<10>,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            commits: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            max_batch: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+            commit_micros: AtomicU64::new(0),
+            commit_micros_max: AtomicU64::new(0),
+            slow_commits: AtomicU64::new(0),
+            commit_latency: Histogram::new(COMMIT_MICROS_BOUNDS),
+            batch_size: Histogram::new(BATCH_BOUNDS),
+        }
+    }
 }
 
 /// Settings for [`Writer::start`].
@@ -346,6 +369,8 @@ impl State {
         if micros > 5_000 {
             self.stats.slow_commits.fetch_add(1, Ordering::Relaxed);
         }
+        self.stats.commit_latency.observe(micros);
+        self.stats.batch_size.observe(count as u64);
         Ok(count)
     }
 }
