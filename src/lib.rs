@@ -56,12 +56,16 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod envelope;
 pub mod error;
 pub mod http;
+pub mod project;
+pub mod project_streams;
+pub mod replay;
 pub mod service;
 pub mod signature;
 pub mod testevent;
