@@ -159,7 +159,7 @@ fn replay_rebuild_gives_the_same_mirror_and_object_explains_it() {
         "{printed}"
     );
     assert!(
-        printed.contains(&format!("{holder}")) && printed.contains("<- mirror"),
+        printed.contains(holder.as_str()) && printed.contains("<- mirror"),
         "{printed}"
     );
     let out = Command::new(BIN)
