@@ -27,3 +27,195 @@ CREATE TABLE events (
     decision         TEXT                         -- what the mirror did with it
 );
 CREATE INDEX events_object ON events (object_id, created);
+
+-- step 2: the mirror: objects with their ordering key and tombstones, typed views
+-- One row per Stripe object id: the state of the event that won under the projection rules.
+-- Derived state: `replay --rebuild` may empty it and re-project it from `events`.
+CREATE TABLE objects (
+    id          TEXT PRIMARY KEY,
+    type        TEXT NOT NULL,                 -- data.object.object: customer, subscription, checkout.session ...
+    account     TEXT,                          -- Connect account of the event, NULL for the platform
+    livemode    INTEGER CHECK (livemode IN (0, 1)),
+    data        TEXT NOT NULL,                 -- exact JSON text of the winning event's data.object
+    -- Ordering key. k_created: event.created second of the state (NULL only for a placeholder left by
+    -- a delete stub, which any state replaces; for source = 'refetch', the second the fetch began).
+    -- Ties within a second are re-decided from `events`; k_rank (one-way status rank of data, NULL
+    -- where the type has none) and k_seq (events.seq of event_id) explain the row.
+    k_created   INTEGER,
+    k_rank      INTEGER,
+    k_seq       INTEGER,
+    source      TEXT NOT NULL DEFAULT 'event' CHECK (source IN ('event', 'refetch')),
+    event_id    TEXT,                          -- event that wrote data (smallest id among equal states)
+    deleted     INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1)),  -- sticky: a *.deleted event was seen
+    deleted_at  INTEGER,                       -- newest *.deleted event.created second
+    uncertain   INTEGER NOT NULL DEFAULT 0 CHECK (uncertain IN (0, 1)), -- a same-second tie fell to last arrival
+    first_seen  INTEGER NOT NULL,              -- unix ms
+    updated_at  INTEGER NOT NULL               -- unix ms
+);
+CREATE INDEX objects_type ON objects (type);
+CREATE INDEX objects_customer ON objects (json_extract(data, '$.customer'));
+CREATE INDEX objects_uncertain ON objects (uncertain) WHERE uncertain = 1;
+
+-- Same-second ties read the other events about the object from the ledger through
+-- events_object (object_id, created), created with the events table.
+
+-- Typed views. Every view ends with the same bookkeeping columns; metadata is JSON text;
+-- booleans are 0/1; times are unix seconds. `deleted` on subscriptions means Stripe sent
+-- customer.subscription.deleted (status canceled).
+CREATE VIEW customers AS
+SELECT id,
+       json_extract(data, '$.email') AS email,
+       json_extract(data, '$.name') AS name,
+       json_extract(data, '$.phone') AS phone,
+       json_extract(data, '$.description') AS description,
+       json_extract(data, '$.currency') AS currency,
+       json_extract(data, '$.balance') AS balance,
+       json_extract(data, '$.delinquent') AS delinquent,
+       json_extract(data, '$.invoice_settings.default_payment_method') AS default_payment_method,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'customer';
+
+CREATE VIEW subscriptions AS
+SELECT id,
+       json_extract(data, '$.customer') AS customer,
+       json_extract(data, '$.status') AS status,
+       coalesce(json_extract(data, '$.current_period_start'),
+                json_extract(data, '$.items.data[0].current_period_start')) AS current_period_start,
+       coalesce(json_extract(data, '$.current_period_end'),
+                json_extract(data, '$.items.data[0].current_period_end')) AS current_period_end,
+       json_extract(data, '$.cancel_at_period_end') AS cancel_at_period_end,
+       json_extract(data, '$.cancel_at') AS cancel_at,
+       json_extract(data, '$.canceled_at') AS canceled_at,
+       json_extract(data, '$.ended_at') AS ended_at,
+       json_extract(data, '$.trial_end') AS trial_end,
+       json_extract(data, '$.items.data[0].price.id') AS price,
+       json_extract(data, '$.items.data[0].price.product') AS product,
+       json_extract(data, '$.items.data[0].quantity') AS quantity,
+       json_extract(data, '$.currency') AS currency,
+       json_extract(data, '$.latest_invoice') AS latest_invoice,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'subscription';
+
+CREATE VIEW invoices AS
+SELECT id,
+       json_extract(data, '$.customer') AS customer,
+       coalesce(json_extract(data, '$.subscription'),
+                json_extract(data, '$.parent.subscription_details.subscription')) AS subscription,
+       json_extract(data, '$.status') AS status,
+       json_extract(data, '$.number') AS number,
+       json_extract(data, '$.amount_due') AS amount_due,
+       json_extract(data, '$.amount_paid') AS amount_paid,
+       json_extract(data, '$.amount_remaining') AS amount_remaining,
+       json_extract(data, '$.total') AS total,
+       json_extract(data, '$.currency') AS currency,
+       json_extract(data, '$.customer_email') AS customer_email,
+       json_extract(data, '$.hosted_invoice_url') AS hosted_invoice_url,
+       json_extract(data, '$.period_start') AS period_start,
+       json_extract(data, '$.period_end') AS period_end,
+       json_extract(data, '$.due_date') AS due_date,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'invoice';
+
+CREATE VIEW payment_intents AS
+SELECT id,
+       json_extract(data, '$.customer') AS customer,
+       json_extract(data, '$.status') AS status,
+       json_extract(data, '$.amount') AS amount,
+       json_extract(data, '$.amount_received') AS amount_received,
+       json_extract(data, '$.currency') AS currency,
+       json_extract(data, '$.latest_charge') AS latest_charge,
+       json_extract(data, '$.description') AS description,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'payment_intent';
+
+CREATE VIEW charges AS
+SELECT id,
+       json_extract(data, '$.customer') AS customer,
+       json_extract(data, '$.payment_intent') AS payment_intent,
+       json_extract(data, '$.status') AS status,
+       json_extract(data, '$.amount') AS amount,
+       json_extract(data, '$.amount_captured') AS amount_captured,
+       json_extract(data, '$.amount_refunded') AS amount_refunded,
+       json_extract(data, '$.currency') AS currency,
+       json_extract(data, '$.paid') AS paid,
+       json_extract(data, '$.captured') AS captured,
+       json_extract(data, '$.refunded') AS refunded,
+       json_extract(data, '$.disputed') AS disputed,
+       json_extract(data, '$.billing_details.email') AS email,
+       json_extract(data, '$.receipt_url') AS receipt_url,
+       json_extract(data, '$.failure_code') AS failure_code,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'charge';
+
+CREATE VIEW refunds AS
+SELECT id,
+       json_extract(data, '$.charge') AS charge,
+       json_extract(data, '$.payment_intent') AS payment_intent,
+       json_extract(data, '$.status') AS status,
+       json_extract(data, '$.amount') AS amount,
+       json_extract(data, '$.currency') AS currency,
+       json_extract(data, '$.reason') AS reason,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'refund';
+
+CREATE VIEW checkout_sessions AS
+SELECT id,
+       json_extract(data, '$.customer') AS customer,
+       coalesce(json_extract(data, '$.customer_details.email'),
+                json_extract(data, '$.customer_email')) AS email,
+       json_extract(data, '$.status') AS status,
+       json_extract(data, '$.payment_status') AS payment_status,
+       json_extract(data, '$.mode') AS mode,
+       json_extract(data, '$.amount_subtotal') AS amount_subtotal,
+       json_extract(data, '$.amount_total') AS amount_total,
+       json_extract(data, '$.currency') AS currency,
+       json_extract(data, '$.payment_intent') AS payment_intent,
+       json_extract(data, '$.subscription') AS subscription,
+       json_extract(data, '$.invoice') AS invoice,
+       json_extract(data, '$.client_reference_id') AS client_reference_id,
+       json_extract(data, '$.expires_at') AS expires_at,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'checkout.session';
+
+CREATE VIEW products AS
+SELECT id,
+       json_extract(data, '$.name') AS name,
+       json_extract(data, '$.active') AS active,
+       json_extract(data, '$.description') AS description,
+       json_extract(data, '$.default_price') AS default_price,
+       json_extract(data, '$.type') AS product_type,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       json_extract(data, '$.updated') AS updated,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'product';
+
+CREATE VIEW prices AS
+SELECT id,
+       json_extract(data, '$.product') AS product,
+       json_extract(data, '$.active') AS active,
+       json_extract(data, '$.unit_amount') AS unit_amount,
+       json_extract(data, '$.currency') AS currency,
+       json_extract(data, '$.type') AS price_type,
+       json_extract(data, '$.recurring.interval') AS interval,
+       json_extract(data, '$.recurring.interval_count') AS interval_count,
+       json_extract(data, '$.lookup_key') AS lookup_key,
+       json_extract(data, '$.nickname') AS nickname,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'price';

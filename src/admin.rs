@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::api::Api;
 use crate::db::ReadPool;
 use crate::http::{Request, Response};
 use crate::webhook::{error, Counters};
@@ -14,11 +15,15 @@ pub struct Admin {
     pub pool: ReadPool,
     pub writer: WriterHandle,
     pub counters: Arc<Counters>,
+    pub api: Api,
 }
 
 impl Admin {
     /// Handles one request on the admin listener.
     pub fn handle(&self, req: Request) -> Response {
+        if req.path.starts_with("/api/") {
+            return self.api.handle(&req);
+        }
         match (req.method.as_str(), req.path.as_str()) {
             ("GET" | "HEAD", "/healthz") => self.healthz(),
             (_, "/healthz") => error(405, "method not allowed").with_header("Allow", "GET"),

@@ -14,7 +14,9 @@ use crate::config::Config;
 use crate::db::{self, Lock};
 use crate::error::{Error, Result};
 use crate::service::Service;
-use crate::{signature, testevent, time};
+use crate::{replay, signature, testevent, time};
+
+use rusqlite::OptionalExtension;
 
 const USAGE: &str = "\
 stripe-inbox: a durable, verified inbox and mirror for Stripe webhooks
@@ -25,6 +27,8 @@ commands:
   serve             receive webhooks and serve the admin listener
   check             validate the config and check the database
   send-test-event   build a realistic event, sign it and POST it (a local `stripe trigger`)
+  replay --rebuild  rebuild the whole mirror from the stored events
+  object ID         show a mirrored object and every event that touched it, with decisions
 
 Every command takes --config PATH (default: $STRIPE_INBOX_CONFIG, else ./stripe-inbox.toml)
 and --help. Logging: RUST_LOG=debug|info|warn (default info).
@@ -55,6 +59,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
         "serve" => run_serve(parser),
         "check" => run_check(parser),
         "send-test-event" => run_send_test_event(parser),
+        "replay" => run_replay(parser),
+        "object" => run_object(parser),
         "help" => {
             print!("{USAGE}");
             Ok(())
@@ -86,34 +92,36 @@ impl Options {
     }
 }
 
-/// Parses `--config` and `--help`, which every command takes, plus the value-taking options in
-/// `own` (long name, short letter). Returns `Ok(None)` after printing help.
+/// Parses `--config` and `--help`, which every command takes, plus the options in `own` (long
+/// name, short letter, whether it takes a value; a flag is recorded with the value "true").
+/// Returns `Ok(None)` after printing help.
 fn parse_options(
     mut parser: lexopt::Parser,
     help: &str,
-    own: &[(&'static str, char)],
+    own: &[(&'static str, char, bool)],
 ) -> Result<Option<Options>> {
     let command = help.split_whitespace().nth(2).unwrap_or("");
     let hint = || format!("stripe-inbox {command} --help");
     let mut config = None;
     let mut values = Vec::new();
     while let Some(arg) = parser.next().map_err(usage)? {
-        let name = match &arg {
-            Long("config") | Short('c') => "config",
+        let found = match &arg {
+            Long("config") | Short('c') => Some(("config", true)),
             Long("help") | Short('h') => {
                 print!("{help}");
                 return Ok(None);
             }
-            Long(long) => match own.iter().find(|(n, _)| n == long) {
-                Some((n, _)) => n,
-                None => return Err(Error::usage(arg.unexpected().to_string(), hint())),
-            },
-            Short(short) => match own.iter().find(|(_, c)| c == short) {
-                Some((n, _)) => n,
-                None => return Err(Error::usage(arg.unexpected().to_string(), hint())),
-            },
-            Value(_) => return Err(Error::usage(arg.unexpected().to_string(), hint())),
+            Long(long) => own.iter().find(|(n, _, _)| n == long).map(|o| (o.0, o.2)),
+            Short(short) => own.iter().find(|(_, c, _)| c == short).map(|o| (o.0, o.2)),
+            Value(_) => None,
         };
+        let Some((name, takes_value)) = found else {
+            return Err(Error::usage(arg.unexpected().to_string(), hint()));
+        };
+        if !takes_value {
+            values.push((name, "true".to_string()));
+            continue;
+        }
         let value = parser
             .value()
             .map_err(|e| Error::usage(e.to_string(), hint()))?;
@@ -282,7 +290,7 @@ fn run_send_test_event(parser: lexopt::Parser) -> Result<()> {
     let Some(opts) = parse_options(
         parser,
         SEND_TEST_EVENT_USAGE,
-        &[("type", 't'), ("url", 'u')],
+        &[("type", 't', true), ("url", 'u', true)],
     )?
     else {
         return Ok(());
@@ -345,6 +353,209 @@ fn run_send_test_event(parser: lexopt::Parser) -> Result<()> {
         Ok(())
     } else {
         Err(Error::Other(format!("POST {url}: answered {status}")))
+    }
+}
+
+const REPLAY_USAGE: &str = "\
+usage: stripe-inbox replay --rebuild [--config PATH]
+
+Empties the mirror (the objects table) and re-applies every stored event in arrival order, as the
+server did when they arrived, recording each event's decision again. Events are the ground truth,
+so this is always safe; it commits every 10,000 events, and an interrupted rebuild is finished by
+running it again. Needs the database to itself: stop `serve` first.
+";
+
+fn run_replay(parser: lexopt::Parser) -> Result<()> {
+    let Some(opts) = parse_options(parser, REPLAY_USAGE, &[("rebuild", 'r', false)])? else {
+        return Ok(());
+    };
+    if opts.get("rebuild").is_none() {
+        return Err(Error::usage(
+            "replay needs --rebuild",
+            "stripe-inbox replay --rebuild",
+        ));
+    }
+    let config = Config::load(&opts.config)?;
+    let database = &config.database.path;
+    if !database.exists() {
+        return Err(Error::Other(format!(
+            "database {}: no such file",
+            database.display()
+        )));
+    }
+    let _lock = Lock::acquire(database)?;
+    let conn = db::open_writer(database)?;
+    let started = Instant::now();
+    let mut bar = Progress::new("rebuilding mirror");
+    let stats = replay::rebuild_all(&conn, 10_000, |done, total| bar.update(done, total))?;
+    bar.finish();
+    println!(
+        "rebuilt the mirror from {} events: {} objects in {:.1} s",
+        stats.events,
+        stats.objects,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+const OBJECT_USAGE: &str = "\
+usage: stripe-inbox object [--config PATH] ID
+
+Prints the mirrored state of a Stripe object (cus_..., sub_..., in_..., pi_...) and the history of
+every stored event about it, oldest first, with the decision the mirror took for each. Read-only;
+works while `serve` runs.
+";
+
+fn run_object(mut parser: lexopt::Parser) -> Result<()> {
+    let mut config = None;
+    let mut id = None;
+    let hint = || "stripe-inbox object --help".to_string();
+    while let Some(arg) = parser.next().map_err(usage)? {
+        match arg {
+            Long("config") | Short('c') => {
+                config = Some(PathBuf::from(parser.value().map_err(usage)?))
+            }
+            Long("help") | Short('h') => {
+                print!("{OBJECT_USAGE}");
+                return Ok(());
+            }
+            Value(v) if id.is_none() => id = Some(v.string().map_err(usage)?),
+            other => return Err(Error::usage(other.unexpected().to_string(), hint())),
+        }
+    }
+    let id = id.ok_or_else(|| Error::usage("object needs an ID", hint()))?;
+    let config = Config::load(&Config::locate(config))?;
+    let conn = db::open_read_only(&config.database.path)?;
+    let sql = |e| Error::sqlite("read object", e);
+    let object: Option<(String, bool, bool, Option<String>, i64, String)> = conn
+        .query_row(
+            "SELECT type, deleted, uncertain, event_id, updated_at, data FROM objects WHERE id = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+        )
+        .optional()
+        .map_err(sql)?;
+    let mut holder = None;
+    match &object {
+        Some((kind, deleted, uncertain, event_id, updated_at, data)) => {
+            let mut flags = Vec::new();
+            if *deleted {
+                flags.push("deleted");
+            }
+            if *uncertain {
+                flags.push("UNCERTAIN: a same-second tie fell to the last arrival");
+            }
+            println!(
+                "{id} ({kind}){}",
+                if flags.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", flags.join("; "))
+                }
+            );
+            println!(
+                "state from event {} at {}",
+                event_id.as_deref().unwrap_or("-"),
+                time::format_utc(updated_at / 1000)
+            );
+            let pretty = serde_json::from_str::<serde_json::Value>(data)
+                .and_then(|v| serde_json::to_string_pretty(&v))
+                .unwrap_or_else(|_| data.clone());
+            println!("{pretty}");
+            holder = event_id.clone();
+        }
+        None => println!("{id}: not in the mirror"),
+    }
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, id, type, created, deliveries, COALESCE(decision, '-') FROM events
+             WHERE object_id = ?1 ORDER BY created, seq",
+        )
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([&id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })
+        .map_err(sql)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sql)?;
+    println!(
+        "\nhistory ({} events, by created then arrival):",
+        rows.len()
+    );
+    println!(
+        "  {:<21} {:<6} {:<30} {:<36} {:>4}  decision",
+        "created (UTC)", "seq", "event", "type", "dlv"
+    );
+    for (seq, event_id, kind, created, deliveries, decision) in &rows {
+        let mark = if holder.as_deref() == Some(event_id.as_str()) {
+            "  <- mirror"
+        } else {
+            ""
+        };
+        println!(
+            "  {:<21} {:<6} {:<30} {:<36} {:>4}  {decision}{mark}",
+            time::format_utc(*created),
+            seq,
+            event_id,
+            kind,
+            deliveries
+        );
+    }
+    if object.is_none() && rows.is_empty() {
+        return Err(Error::Other(format!(
+            "object {id}: no such object and no events about it"
+        )));
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal; silent otherwise (cron, pipes, tests).
+pub struct Progress {
+    label: &'static str,
+    tty: bool,
+    started: Instant,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    pub fn new(label: &'static str) -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            label,
+            tty: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+            last: None,
+        }
+    }
+
+    pub fn update(&mut self, done: u64, total: u64) {
+        if !self.tty || self.last.is_some_and(|t| t.elapsed().as_millis() < 100) && done < total {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let pct = (done * 100).checked_div(total).unwrap_or(100).min(100);
+        let filled = (pct / 4) as usize;
+        eprint!(
+            "\r{} [{}{}] {pct:>3}% {done}/{total} {:.1} s ",
+            self.label,
+            "#".repeat(filled),
+            " ".repeat(25 - filled),
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    pub fn finish(&mut self) {
+        if self.tty && self.last.is_some() {
+            eprintln!();
+        }
     }
 }
 

@@ -28,6 +28,37 @@ pub struct Config {
     pub database: Database,
     pub webhook: Webhook,
     pub admin: Admin,
+    pub api: Api,
+}
+
+/// `[api]`: the read API on the admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Api {
+    /// Environment variable holding the API's bearer token; unset or empty turns the API off.
+    /// Defaults to `STRIPE_INBOX_API_TOKEN`.
+    pub token_env: String,
+}
+
+impl Default for Api {
+    fn default() -> Api {
+        Api {
+            token_env: "STRIPE_INBOX_API_TOKEN".into(),
+        }
+    }
+}
+
+impl Api {
+    /// The token, if the variable is set and not empty.
+    pub fn token(&self) -> Option<String> {
+        if self.token_env.is_empty() {
+            return None;
+        }
+        std::env::var(&self.token_env)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    }
 }
 
 /// `[database]`
@@ -84,6 +115,7 @@ impl Default for Config {
             database: Database::default(),
             webhook: Webhook::default(),
             admin: Admin::default(),
+            api: Api::default(),
         }
     }
 }

@@ -100,6 +100,14 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// An in-memory database with the whole schema, for tests and benchmarks of the projection.
+pub fn open_memory() -> Result<Connection> {
+    let conn =
+        Connection::open_in_memory().map_err(|e| Error::sqlite("open in-memory database", e))?;
+    migrate(&conn, Path::new(":memory:"))?;
+    Ok(conn)
+}
+
 /// A pool of `query_only` connections for readers.
 pub fn read_pool(path: &Path, size: u32) -> Result<ReadPool> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY

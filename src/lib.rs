@@ -56,6 +56,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -66,6 +67,9 @@ pub mod form;
 pub mod html;
 pub mod http;
 pub mod metrics;
+pub mod project;
+pub mod project_streams;
+pub mod replay;
 pub mod service;
 pub mod signature;
 pub mod testevent;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::Admin;
+use crate::api::Api;
 use crate::config::Config;
 use crate::db::{self, Checkpointer, Lock};
 use crate::error::{Error, Result};
@@ -70,7 +71,18 @@ impl Service {
         )
         .map_err(|e| Error::io(format!("listen on {} (webhook)", config.webhook.listen), e))?;
 
+        let api = Api {
+            pool: pool.clone(),
+            token: config.api.token(),
+        };
+        if api.token.is_none() {
+            log::info!(
+                "read API off: set the environment variable {} to a token to turn it on",
+                config.api.token_env
+            );
+        }
         let admin_state = Arc::new(Admin {
+            api,
             pool,
             writer: writer.handle(),
             counters,

@@ -17,11 +17,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use rusqlite::{params, Connection, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::metrics::{Histogram, BATCH_BOUNDS, COMMIT_MICROS_BOUNDS};
+use crate::{project, replay};
 
 /// Where an event came from (stored in `events.source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -393,51 +394,89 @@ fn in_savepoint<T>(tx: &mut Transaction, f: impl FnOnce(&Connection) -> Result<T
     }
 }
 
-/// Inserts the raw event, or counts a repeated delivery of a known id.
+/// Applies an event to the mirror inside a savepoint, so that a failure leaves no partial change.
+fn project_in_savepoint(
+    conn: &Connection,
+    ingest: &Ingest,
+    seq: i64,
+) -> rusqlite::Result<&'static str> {
+    conn.execute_batch("SAVEPOINT project")?;
+    let input = replay::input(&ingest.envelope, &ingest.body, seq);
+    match project::apply(conn, &input, ingest.received_at_ms) {
+        Ok(decision) => {
+            conn.execute_batch("RELEASE project")?;
+            Ok(decision.as_str())
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO project; RELEASE project")?;
+            Err(e)
+        }
+    }
+}
+
+/// Inserts the raw event and applies it to the mirror, or counts a repeated delivery of a known id.
 fn store_event(conn: &Connection, ingest: &Ingest, next_seq: &mut i64) -> Result<Outcome> {
     let env = &ingest.envelope;
-    let seq = *next_seq;
-    let inserted = conn
+
+    // A known id is a repeated delivery: count it, change nothing else.
+    let deliveries: Option<i64> = conn
         .prepare_cached(
-            "INSERT INTO events (id, seq, type, created, livemode, account, api_version, object_id,
-                object_type, request_id, idempotency_key, thin, body, received_at, last_received_at,
-                deliveries, secret_index, source)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, 1, ?15, ?16)
-             ON CONFLICT (id) DO NOTHING",
+            "UPDATE events SET deliveries = deliveries + 1, last_received_at = ?2
+             WHERE id = ?1 RETURNING deliveries",
         )
         .and_then(|mut stmt| {
-            stmt.execute(params![
-                env.id,
-                seq,
-                env.event_type,
-                env.created,
-                env.livemode,
-                env.account,
-                env.api_version,
-                env.object_id,
-                env.object_type,
-                env.request_id,
-                env.idempotency_key,
-                env.thin,
-                ingest.body,
-                ingest.received_at_ms,
-                ingest.secret_index.map(|i| i as i64),
-                ingest.source.as_str(),
-            ])
+            stmt.query_row(params![env.id, ingest.received_at_ms], |r| r.get(0))
+                .optional()
         })
-        .map_err(|e| Error::sqlite(format!("insert event {}", env.id), e))?;
-    if inserted == 0 {
-        let deliveries = conn
-            .prepare_cached(
-                "UPDATE events SET deliveries = deliveries + 1, last_received_at = ?2
-                 WHERE id = ?1 RETURNING deliveries",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_row(params![env.id, ingest.received_at_ms], |r| r.get(0))
-            })
-            .map_err(|e| Error::sqlite(format!("count delivery of {}", env.id), e))?;
+        .map_err(|e| Error::sqlite(format!("count delivery of {}", env.id), e))?;
+    if let Some(deliveries) = deliveries {
         return Ok(Outcome::Duplicate { deliveries });
     }
+
+    // Apply it to the mirror. The event is stored even if its projection fails (it is the
+    // ground truth, and a rebuild after a fix re-derives the mirror), unless the failure is the
+    // storage itself, which the INSERT below then meets too.
+    let seq = *next_seq;
+    let decision = match project_in_savepoint(conn, ingest, seq) {
+        Ok(decision) => decision,
+        Err(e) => {
+            log::error!(
+                "project event={}: {e}; stored with decision projection_failed",
+                env.id
+            );
+            "projection_failed"
+        }
+    };
+
+    // Insert the raw event.
+    conn.prepare_cached(
+        "INSERT INTO events (id, seq, type, created, livemode, account, api_version, object_id,
+            object_type, request_id, idempotency_key, thin, body, received_at, last_received_at,
+            deliveries, secret_index, source, decision)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, 1, ?15, ?16, ?17)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            env.id,
+            seq,
+            env.event_type,
+            env.created,
+            env.livemode,
+            env.account,
+            env.api_version,
+            env.object_id,
+            env.object_type,
+            env.request_id,
+            env.idempotency_key,
+            env.thin,
+            ingest.body,
+            ingest.received_at_ms,
+            ingest.secret_index.map(|i| i as i64),
+            ingest.source.as_str(),
+            decision,
+        ])
+    })
+    .map_err(|e| Error::sqlite(format!("insert event {}", env.id), e))?;
     *next_seq += 1;
     Ok(Outcome::Stored { seq })
 }

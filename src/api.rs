@@ -1,0 +1,244 @@
+//! The read API for the shop's app, on the admin listener: the mirror as JSON.
+//!
+//! `GET /api/objects/{id}` returns one object; `GET /api/objects?type=subscription&customer=cus_..`
+//! lists objects with filters (`type`, `customer`, `email`, `status`, `metadata[key]=value`,
+//! `deleted=true|false`) in id order, `limit` (1-100, default 25) and `starting_after=<id>` for the
+//! next page, answered in Stripe's list shape `{"object":"list","data":[..],"has_more":..}`.
+//!
+//! Guarded by a bearer token read from the environment variable `[api] token_env` names; with no
+//! token configured the API is off and every `/api/` path answers 404. The token is compared in
+//! constant time and never logged. Reads go through the `query_only` pool only.
+
+use rusqlite::types::Value as SqlValue;
+use serde_json::{json, Value};
+
+use crate::db::ReadPool;
+use crate::http::{Request, Response};
+use crate::webhook::error;
+
+/// The most objects one list call returns.
+const MAX_LIMIT: usize = 100;
+const DEFAULT_LIMIT: usize = 25;
+
+/// The API's state: the pool and the token (None: the API is off).
+pub struct Api {
+    pub pool: ReadPool,
+    pub token: Option<String>,
+}
+
+impl Api {
+    /// Handles a request whose path starts with `/api/`.
+    pub fn handle(&self, req: &Request) -> Response {
+        let Some(token) = &self.token else {
+            return error(404, "not found: the read API is off (set [api] token_env)");
+        };
+        let given = req
+            .header("authorization")
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+            return error(401, "unauthorized: send Authorization: Bearer <token>")
+                .with_header("WWW-Authenticate", "Bearer")
+                .with_log("api=unauthorized");
+        }
+        if req.method != "GET" {
+            return error(405, "method not allowed").with_header("Allow", "GET");
+        }
+        let result = match req.path.strip_prefix("/api/objects") {
+            Some("") | Some("/") => self.list(&req.query),
+            Some(rest) if rest.starts_with('/') && rest.len() > 1 => {
+                self.one(&percent_decode(&rest[1..]))
+            }
+            _ => return error(404, "not found"),
+        };
+        match result {
+            Ok(response) => response,
+            Err(ApiError::BadRequest(msg)) => error(400, &msg),
+            Err(ApiError::Internal(msg)) => {
+                log::error!("read api: {msg}");
+                error(500, "internal error")
+            }
+        }
+    }
+
+    fn one(&self, id: &str) -> Result<Response, ApiError> {
+        let conn = self
+            .pool
+            .get()
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut stmt = conn
+            .prepare_cached(&format!("{SELECT} WHERE id = ?1"))
+            .map_err(internal)?;
+        let mut rows = stmt.query_map([id], row_to_json).map_err(internal)?;
+        match rows.next() {
+            Some(row) => Ok(Response::json(200, row.map_err(internal)?.to_string())),
+            None => Ok(error(404, "no such object in the mirror")),
+        }
+    }
+
+    fn list(&self, query: &str) -> Result<Response, ApiError> {
+        let mut clauses = Vec::new();
+        let mut params: Vec<SqlValue> = Vec::new();
+        let mut limit = DEFAULT_LIMIT;
+        for (key, value) in parse_query(query) {
+            let mut add = |clause: &str, value: String| {
+                params.push(SqlValue::Text(value));
+                clauses.push(clause.replace('?', &format!("?{}", params.len())));
+            };
+            match key.as_str() {
+                "type" => add("type = ?", value),
+                "customer" => add("json_extract(data, '$.customer') = ?", value),
+                "email" => add("json_extract(data, '$.email') = ? COLLATE NOCASE", value),
+                "status" => add("json_extract(data, '$.status') = ?", value),
+                "starting_after" => add("id > ?", value),
+                "deleted" => match value.as_str() {
+                    "true" => clauses.push("deleted = 1".into()),
+                    "false" => clauses.push("deleted = 0".into()),
+                    _ => return Err(ApiError::BadRequest("deleted must be true or false".into())),
+                },
+                "limit" => {
+                    limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::BadRequest(format!("limit must be 1 to {MAX_LIMIT}"))
+                        })?;
+                }
+                k if k.starts_with("metadata[") && k.ends_with(']') => {
+                    let name = &k["metadata[".len()..k.len() - 1];
+                    params.push(SqlValue::Text(name.to_string()));
+                    let n = params.len();
+                    params.push(SqlValue::Text(value));
+                    clauses.push(format!(
+                        "json_extract(data, '$.metadata.\"' || replace(?{n}, '\"', '') || '\"') = ?{}",
+                        n + 1
+                    ));
+                }
+                other => return Err(ApiError::BadRequest(format!("unknown parameter {other:?}"))),
+            }
+        }
+        let filter = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", clauses.join(" AND "))
+        };
+        let sql = format!("{SELECT}{filter} ORDER BY id LIMIT {}", limit + 1);
+        let conn = self
+            .pool
+            .get()
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut stmt = conn.prepare(&sql).map_err(internal)?;
+        let mut data = stmt
+            .query_map(rusqlite::params_from_iter(params), row_to_json)
+            .map_err(internal)?
+            .collect::<rusqlite::Result<Vec<Value>>>()
+            .map_err(internal)?;
+        let has_more = data.len() > limit;
+        data.truncate(limit);
+        let body =
+            json!({ "object": "list", "url": "/api/objects", "has_more": has_more, "data": data });
+        Ok(Response::json(200, body.to_string()))
+    }
+}
+
+const SELECT: &str = "SELECT id, type, account, livemode, deleted, uncertain, event_id, first_seen, updated_at, data FROM objects";
+
+fn row_to_json(row: &rusqlite::Row) -> rusqlite::Result<Value> {
+    let data: String = row.get(9)?;
+    Ok(json!({
+        "id": row.get::<_, String>(0)?,
+        "type": row.get::<_, String>(1)?,
+        "account": row.get::<_, Option<String>>(2)?,
+        "livemode": row.get::<_, Option<bool>>(3)?,
+        "deleted": row.get::<_, bool>(4)?,
+        "uncertain": row.get::<_, bool>(5)?,
+        "event_id": row.get::<_, Option<String>>(6)?,
+        "first_seen_ms": row.get::<_, i64>(7)?,
+        "updated_at_ms": row.get::<_, i64>(8)?,
+        "data": serde_json::from_str::<Value>(&data).unwrap_or(Value::String(data)),
+    }))
+}
+
+enum ApiError {
+    BadRequest(String),
+    Internal(String),
+}
+
+fn internal(e: rusqlite::Error) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+/// `a=1&metadata%5Bcart_id%5D=x` → [("a","1"), ("metadata[cart_id]","x")].
+pub fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes and `+` (as a space, form style); invalid escapes stay as they are.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        assert_eq!(
+            parse_query("type=subscription&metadata%5Bcart_id%5D=c+1&customer=cus_%41"),
+            vec![
+                ("type".to_string(), "subscription".to_string()),
+                ("metadata[cart_id]".to_string(), "c 1".to_string()),
+                ("customer".to_string(), "cus_A".to_string()),
+            ]
+        );
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("a%2Fb"), "a/b");
+    }
+
+    #[test]
+    fn token_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

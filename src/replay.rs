@@ -1,0 +1,146 @@
+//! Re-deriving the mirror from the events ledger, the ground truth.
+//!
+//! Everything here runs on a connection that may write: inside a writer [`crate::writer::Task`]
+//! while serving, or on the writer connection of a CLI command that holds the database lock. Events
+//! are re-applied in arrival order (`seq`), which reproduces the decisions the writer took live;
+//! because the projection converges under any order, the resulting mirror is the same either way.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::envelope::{self, Envelope};
+use crate::error::{Error, Result};
+use crate::project::{self, Decision, Input};
+use crate::time::now_ms;
+
+/// Builds the projection's input for an event.
+pub fn input<'a>(env: &'a Envelope, body: &'a [u8], seq: i64) -> Input<'a> {
+    Input {
+        event_id: &env.id,
+        event_type: &env.event_type,
+        created: env.created,
+        seq,
+        account: env.account.as_deref(),
+        livemode: env.livemode,
+        thin: env.thin,
+        object: env.object.as_ref(),
+        object_raw: env.object_text(body),
+        previous_attributes: env.previous_attributes.as_ref(),
+    }
+}
+
+/// Applies one stored event (its body as stored, its `seq`) and records the decision.
+fn apply_stored(conn: &Connection, seq: i64, body: &[u8], now: i64) -> Result<Decision> {
+    let decision = match envelope::parse(body) {
+        Ok(env) => project::apply(conn, &input(&env, body, seq), now)
+            .map_err(|e| Error::sqlite(format!("project event {}", env.id), e))?,
+        // A pruned or unparsable body cannot be projected; it keeps no decision of its own.
+        Err(_) => Decision::NoObject,
+    };
+    conn.prepare_cached("UPDATE events SET decision = ?2 WHERE seq = ?1")
+        .and_then(|mut s| s.execute(params![seq, decision.as_str()]))
+        .map_err(|e| Error::sqlite("record decision", e))?;
+    Ok(decision)
+}
+
+/// Re-applies one stored event to the mirror and returns its decision. Idempotent: an event whose
+/// state the mirror already holds changes nothing.
+pub fn replay_event(conn: &Connection, event_id: &str) -> Result<String> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT seq, body FROM events WHERE id = ?1",
+            [event_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(|e| Error::sqlite("read event", e))?;
+    let (seq, body) =
+        row.ok_or_else(|| Error::Other(format!("replay {event_id}: no such event")))?;
+    Ok(apply_stored(conn, seq, &body, now_ms())?
+        .as_str()
+        .to_string())
+}
+
+/// Forgets one object and re-derives it from every event about it; returns how many events.
+pub fn rebuild_object(conn: &Connection, object_id: &str) -> Result<usize> {
+    conn.execute("DELETE FROM objects WHERE id = ?1", [object_id])
+        .map_err(|e| Error::sqlite("forget object", e))?;
+    let rows: Vec<(i64, Vec<u8>)> = {
+        let mut stmt = conn
+            .prepare("SELECT seq, body FROM events WHERE object_id = ?1 ORDER BY seq")
+            .map_err(|e| Error::sqlite("read object events", e))?;
+        let rows = stmt
+            .query_map([object_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| Error::sqlite("read object events", e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| Error::sqlite("read object events", e))?
+    };
+    let now = now_ms();
+    for (seq, body) in &rows {
+        apply_stored(conn, *seq, body, now)?;
+    }
+    Ok(rows.len())
+}
+
+/// What a full rebuild did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildStats {
+    pub events: u64,
+    pub objects: u64,
+}
+
+/// Empties the mirror and re-applies every event in arrival order, calling `progress(done, total)`
+/// now and then. `commit_every` events, the transaction is committed and a new one begun, so a
+/// large ledger neither holds one giant transaction nor loses all work if interrupted (running the
+/// rebuild again finishes it). `conn` must not be inside a transaction.
+pub fn rebuild_all(
+    conn: &Connection,
+    commit_every: u64,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<RebuildStats> {
+    let total: u64 = conn
+        .query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))
+        .map_err(|e| Error::sqlite("count events", e))? as u64;
+    let now = now_ms();
+    let mut stats = RebuildStats::default();
+    let mut after = i64::MIN;
+    let mut tx = conn
+        .unchecked_transaction()
+        .map_err(|e| Error::sqlite("begin rebuild", e))?;
+    tx.execute("DELETE FROM objects", [])
+        .map_err(|e| Error::sqlite("empty objects", e))?;
+    progress(0, total);
+    loop {
+        let batch: Vec<(i64, Vec<u8>)> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT 1000",
+                )
+                .map_err(|e| Error::sqlite("read events", e))?;
+            let rows = stmt
+                .query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(|e| Error::sqlite("read events", e))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(|e| Error::sqlite("read events", e))?
+        };
+        let Some(last) = batch.last() else { break };
+        after = last.0;
+        for (seq, body) in &batch {
+            apply_stored(&tx, *seq, body, now)?;
+            stats.events += 1;
+            if stats.events % commit_every.max(1) == 0 {
+                tx.commit()
+                    .map_err(|e| Error::sqlite("commit rebuild", e))?;
+                tx = conn
+                    .unchecked_transaction()
+                    .map_err(|e| Error::sqlite("begin rebuild", e))?;
+            }
+        }
+        progress(stats.events, total);
+    }
+    stats.objects = tx
+        .query_row("SELECT COUNT(*) FROM objects", [], |r| r.get::<_, i64>(0))
+        .map_err(|e| Error::sqlite("count objects", e))? as u64;
+    tx.commit()
+        .map_err(|e| Error::sqlite("commit rebuild", e))?;
+    Ok(stats)
+}
