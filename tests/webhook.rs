@@ -321,6 +321,22 @@ fn full_queue_answers_503_with_retry_after() {
         )
         .status
     });
+    // Wait until that request is the one in the queue: otherwise a request below could take the
+    // slot first and wait for the parked writer (the test then timed out about 1 run in 3).
+    let stats_writer = app.service.as_ref().unwrap().writer();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while stats_writer
+        .stats()
+        .queued
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first request never queued"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut refused = None;
     while std::time::Instant::now() < deadline {
