@@ -1,14 +1,47 @@
-//! The admin listener. For now it serves `/healthz`; the admin pages and the read API will live
-//! here too. It only reads, through the `query_only` pool; it never holds the writer connection.
+//! The admin listener: routing, access control, the response headers every page gets, and the
+//! public endpoints (`/healthz`, `/metrics`, `/admin.css`, `/login`).
+//!
+//! The pages themselves live in `admin_dashboard`, `admin_events` and `admin_objects`; their HTML
+//! helpers in `html`; who may see them in `auth`. The admin only reads, through the `query_only`
+//! pool; its two actions (replay one event, rebuild one object) are writer tasks, like everything
+//! that writes.
+//!
+//! # Routes
+//! | route | who |
+//! | --- | --- |
+//! | `GET /healthz`, `GET /metrics`, `GET /admin.css` | anyone who reaches the listener |
+//! | `/api/...` (the read API, `api.rs`) | its own bearer token |
+//! | `GET /login`, `POST /login` | anyone (rate-limited, CSRF-checked) |
+//! | `POST /logout` | a session, with its CSRF token |
+//! | `GET /`, `/events`, `/events/{id}`, `/objects`, `/objects/{id}` | a session (or open mode) |
+//! | `POST /events/{id}/replay`, `POST /objects/{id}/rebuild` | the same, with the CSRF token |
+//!
+//! Every HTML answer carries a `Content-Security-Policy` that allows no script at all and styles
+//! only from `/admin.css`, `X-Frame-Options: DENY`, `Referrer-Policy: no-referrer`, `nosniff`, and
+//! `Cache-Control: no-store`. A failed query is logged with its cause; the browser gets a generic
+//! 500 page.
 
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::api::Api;
+use crate::auth::{Access, Auth, Login, Viewer};
 use crate::db::ReadPool;
+use crate::error::Result;
+use crate::form::{decode_path, Form};
+use crate::html;
 use crate::http::{Request, Response};
+use crate::metrics;
 use crate::webhook::{error, Counters};
 use crate::writer::WriterHandle;
+use crate::{admin_dashboard, admin_events, admin_objects};
+
+/// The policy every HTML page is sent with: no script of any kind, styles only from this origin's
+/// stylesheet, no framing, forms only back to this origin.
+pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+                       frame-ancestors 'none'; base-uri 'none'";
 
 /// What the admin handlers share.
 pub struct Admin {
@@ -16,6 +49,9 @@ pub struct Admin {
     pub writer: WriterHandle,
     pub counters: Arc<Counters>,
     pub api: Api,
+    pub auth: Auth,
+    /// The database file, for its size on the dashboard and in `/metrics`.
+    pub database: PathBuf,
 }
 
 impl Admin {
@@ -24,11 +60,165 @@ impl Admin {
         if req.path.starts_with("/api/") {
             return self.api.handle(&req);
         }
-        match (req.method.as_str(), req.path.as_str()) {
-            ("GET" | "HEAD", "/healthz") => self.healthz(),
-            (_, "/healthz") => error(405, "method not allowed").with_header("Allow", "GET"),
-            _ => error(404, "not found"),
+        let method = req.method.as_str();
+        let get = matches!(method, "GET" | "HEAD");
+        // The public routes.
+        match req.path.as_str() {
+            "/healthz" if get => return self.healthz(),
+            "/metrics" if get => return self.metrics(),
+            "/admin.css" if get => {
+                return Response::new(200)
+                    .with_header("Content-Type", "text/css; charset=utf-8")
+                    .with_header("Cache-Control", "max-age=300")
+                    .with_header("X-Content-Type-Options", "nosniff")
+                    .with_body_text(html::CSS);
+            }
+            "/login" if get => return self.login_form(&req, None),
+            "/login" if method == "POST" => return self.login(&req),
+            "/healthz" | "/metrics" | "/admin.css" => {
+                return error(405, "method not allowed").with_header("Allow", "GET")
+            }
+            "/login" => return error(405, "method not allowed").with_header("Allow", "GET, POST"),
+            _ => {}
         }
+
+        // Everything else needs a session (or open mode).
+        let viewer = match self.auth.check(&req, Instant::now()) {
+            Access::Granted(viewer) => viewer,
+            Access::Login if get => return redirect("/login").with_log("admin=login_required"),
+            Access::Login => {
+                return page_response(
+                    403,
+                    html::message_page("Not logged in", "Log in first, then try again."),
+                )
+                .with_log("admin=login_required")
+            }
+            Access::Refused(why) => {
+                return page_response(403, html::message_page("Refused", why))
+                    .with_log("admin=refused_open_mode")
+            }
+        };
+        let result = self.route(&req, &viewer);
+        let mut response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                log::error!("admin {} {}: {e}", req.method, req.path);
+                page_response(
+                    500,
+                    html::message_page(
+                        "Something went wrong",
+                        "The page could not be built; the server log says why.",
+                    ),
+                )
+            }
+        };
+        if let Some(cookie) = &viewer.set_cookie {
+            response = response.with_header("Set-Cookie", cookie);
+        }
+        response
+    }
+
+    /// The pages behind the login.
+    fn route(&self, req: &Request, viewer: &Viewer) -> Result<Response> {
+        let get = matches!(req.method.as_str(), "GET" | "HEAD");
+        let post = req.method == "POST";
+        let segments: Vec<&str> = req.path.trim_end_matches('/').split('/').skip(1).collect();
+        Ok(match segments.as_slice() {
+            [] | [""] if get => admin_dashboard::page(self, viewer)?,
+            ["logout"] if post => self.logout(req, viewer),
+            ["events"] if get => admin_events::list(self, req, viewer)?,
+            ["events", id] if get => admin_events::show(self, req, viewer, &decode_path(id))?,
+            ["events", id, "replay"] if post => match self.checked_form(req, viewer) {
+                Ok(_) => admin_events::replay(self, &decode_path(id))?,
+                Err(refused) => refused,
+            },
+            ["objects"] if get => admin_objects::list(self, req, viewer)?,
+            ["objects", id] if get => admin_objects::show(self, req, viewer, &decode_path(id))?,
+            ["objects", id, "rebuild"] if post => match self.checked_form(req, viewer) {
+                Ok(_) => admin_objects::rebuild(self, &decode_path(id))?,
+                Err(refused) => refused,
+            },
+            [] | [""] | ["events" | "objects"] | ["events" | "objects", _] => {
+                error(405, "method not allowed").with_header("Allow", "GET")
+            }
+            ["logout"] | ["events" | "objects", _, "replay" | "rebuild"] => {
+                error(405, "method not allowed").with_header("Allow", "POST")
+            }
+            _ => page_response(
+                404,
+                html::message_page("Not found", "There is no such page."),
+            ),
+        })
+    }
+
+    /// The form of a POST whose CSRF token is right, or the 403 answer.
+    fn checked_form(&self, req: &Request, viewer: &Viewer) -> std::result::Result<Form, Response> {
+        let form = Form::parse_body(&req.body);
+        if self.auth.csrf_ok(req, &form, viewer) {
+            Ok(form)
+        } else {
+            Err(csrf_refused())
+        }
+    }
+
+    fn login_form(&self, req: &Request, message: Option<&str>) -> Response {
+        if self.auth.is_open() {
+            return redirect("/");
+        }
+        let (token, set_cookie) = self.auth.login_token(req);
+        let mut response = page_response(200, html::login_page(&token, message));
+        if let Some(cookie) = set_cookie {
+            response = response.with_header("Set-Cookie", &cookie);
+        }
+        response
+    }
+
+    fn login(&self, req: &Request) -> Response {
+        if self.auth.is_open() {
+            return redirect("/");
+        }
+        let form = Form::parse_body(&req.body);
+        if !self.auth.login_csrf_ok(req, &form) {
+            return csrf_refused();
+        }
+        let password = form.raw("password").unwrap_or("");
+        match self.auth.login(req.remote.ip(), password, Instant::now()) {
+            Login::Ok(cookie) => {
+                log::info!("admin login ok peer={}", req.remote.ip());
+                redirect("/")
+                    .with_header("Set-Cookie", &cookie)
+                    .with_log("admin=login_ok")
+            }
+            Login::Wrong => {
+                log::warn!("admin login failed peer={}", req.remote.ip());
+                let mut response = self.login_form(req, Some("Wrong password."));
+                response.status = 401;
+                response.with_log("admin=login_failed")
+            }
+            Login::Limited(wait) => {
+                log::warn!("admin login rate-limited peer={}", req.remote.ip());
+                let (token, _) = self.auth.login_token(req);
+                page_response(
+                    429,
+                    html::login_page(
+                        &token,
+                        Some(&format!(
+                            "Too many attempts: wait {wait} s before trying again."
+                        )),
+                    ),
+                )
+                .with_header("Retry-After", &wait.to_string())
+                .with_log("admin=login_limited")
+            }
+        }
+    }
+
+    fn logout(&self, req: &Request, viewer: &Viewer) -> Response {
+        if let Err(refused) = self.checked_form(req, viewer) {
+            return refused;
+        }
+        let target = if self.auth.is_open() { "/" } else { "/login" };
+        redirect(target).with_header("Set-Cookie", &self.auth.logout(req))
     }
 
     /// Liveness plus a database read: 200 when a read connection can query the events table.
@@ -53,5 +243,71 @@ impl Admin {
                 Response::json(503, "{\"status\":\"error\",\"database\":\"unavailable\"}")
             }
         }
+    }
+
+    fn metrics(&self) -> Response {
+        let gauges = metrics::Gauges {
+            database_bytes: file_size(&self.database),
+            wal_bytes: file_size(&wal_path(&self.database)),
+            admin_sessions: self.auth.session_count() as u64,
+        };
+        Response::new(200)
+            .with_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            .with_body_text(&metrics::render(
+                &self.counters,
+                self.writer.stats(),
+                &gauges,
+            ))
+    }
+}
+
+/// An HTML answer with the headers every page gets.
+pub fn page_response(status: u16, body: String) -> Response {
+    Response::html(status, body)
+        .with_header("Content-Security-Policy", CSP)
+        .with_header("X-Content-Type-Options", "nosniff")
+        .with_header("X-Frame-Options", "DENY")
+        .with_header("Referrer-Policy", "no-referrer")
+        .with_header("Cache-Control", "no-store")
+}
+
+/// `303 See Other` to a path on this listener.
+pub fn redirect(location: &str) -> Response {
+    Response::new(303)
+        .with_header("Location", location)
+        .with_header("Cache-Control", "no-store")
+}
+
+fn csrf_refused() -> Response {
+    page_response(
+        403,
+        html::message_page(
+            "Refused",
+            "This form has expired or was not sent from this page. Reload the page and try again.",
+        ),
+    )
+    .with_log("admin=csrf_refused")
+}
+
+/// The size of a file, 0 when it is not there.
+pub fn file_size(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// `x.db` → `x.db-wal`.
+pub fn wal_path(database: &std::path::Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+trait WithBodyText {
+    fn with_body_text(self, body: &str) -> Response;
+}
+
+impl WithBodyText for Response {
+    fn with_body_text(mut self, body: &str) -> Response {
+        self.body = body.as_bytes().to_vec();
+        self
     }
 }

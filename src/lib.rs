@@ -18,7 +18,8 @@
 //!                                                   delivery), COMMIT (WAL, synchronous=FULL)
 //!                      5. 200 after COMMIT ◀──────── reply to every waiter
 //!                         503 + Retry-After when the writer cannot take it
-//! admin listener ─▶ admin::Admin (/healthz) ── reads through db::ReadPool (query_only)
+//! admin listener ─▶ admin::Admin: auth (session or loopback), then a page ── reads through
+//!                   db::ReadPool (query_only); replay / rebuild go to the writer as a Task
 //! ```
 //!
 //! ## Code map (in reading order)
@@ -35,7 +36,11 @@
 //! - [`writer`]: the writer thread, [`writer::WriterHandle`], group commit, [`writer::Stats`].
 //! - [`db`]: opens connections (writer, read pool, read-only), migrations from `schema.sql`, the
 //!   `<db>.lock` file lock, integrity checks.
-//! - [`admin`]: the admin listener's handlers (`/healthz`).
+//! - [`admin`]: the admin listener: routes, access, security headers, `/healthz`, `/metrics`.
+//!   Its pages: [`admin_dashboard`], [`admin_events`] (list, event, replay), [`admin_objects`]
+//!   (browse, search, object, rebuild); [`auth`] (password, sessions, CSRF, login rate limit);
+//!   [`html`] (escaping, frame, stylesheet, JSON viewer, SVG chart); [`form`] (query strings,
+//!   forms, cookies); [`metrics`] (Prometheus text, the writer's histograms).
 //! - [`testevent`]: realistic events from Stripe's example objects (`src/fixtures/`).
 //! - [`time`]: now, RFC 3339 parsing, UTC formatting.
 //!
@@ -49,13 +54,18 @@
 //! - A rejected request (signature, body, method, path, size) writes nothing.
 //! - `events` is ground truth: the raw body bytes exactly as received, one row per event id;
 //!   repeated deliveries only increment `deliveries`.
-//! - `signature`, `envelope` and `time` are pure: no I/O, the clock is passed in.
+//! - `signature`, `envelope`, `time`, `html` and `form` are pure: no I/O, the clock is passed in.
+//! - The admin never writes except through the writer; every value it shows is HTML-escaped; every
+//!   POST it takes carries a CSRF token; without a password it answers only on loopback.
 //! - Schema changes are appended as numbered steps to `schema.sql`, never edited; a database from a
 //!   newer build is refused.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_dashboard;
+pub mod admin_events;
+pub mod admin_objects;
 pub mod api;
 pub mod auth;
 pub mod cli;

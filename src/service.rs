@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::admin::Admin;
 use crate::api::Api;
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::db::{self, Checkpointer, Lock};
 use crate::error::{Error, Result};
@@ -36,6 +37,7 @@ impl Service {
     /// Starts everything; returns once both listeners accept connections.
     pub fn start(config: &Config) -> Result<Service> {
         let secrets = config.webhook_secrets()?;
+        let admin_password = config.admin_password()?;
         let database = config.database.path.clone();
         let lock = Lock::acquire(&database)?;
         let conn = db::open_writer(&database)?;
@@ -81,11 +83,29 @@ impl Service {
                 config.api.token_env
             );
         }
+        if admin_password.is_none() {
+            log::warn!(
+                "no admin password (set {}): the admin page is open to whoever reaches {}",
+                config.admin.password_env,
+                config.admin.listen
+            );
+        }
+        let auth = match Auth::new(admin_password.as_deref(), config.admin.cookie_secure) {
+            Ok(auth) => auth,
+            Err(e) => {
+                webhook.shutdown(Duration::from_secs(1));
+                checkpointer.stop();
+                writer.stop();
+                return Err(e);
+            }
+        };
         let admin_state = Arc::new(Admin {
             api,
             pool,
             writer: writer.handle(),
             counters,
+            auth,
+            database: database.clone(),
         });
         let admin_config = ServerConfig {
             name: "admin",

@@ -40,11 +40,34 @@ impl Drop for TempDir {
 }
 
 /// Config text for a service in `dir` on free ports (port 0 in-process; real ports for binaries).
+/// The admin has no password (the variable it names is never set), unless `admin_extra` says
+/// otherwise.
 pub fn config_text(dir: &Path, webhook: &str, admin: &str, extra: &str) -> String {
+    config_text_admin(dir, webhook, admin, extra, "password_env = \"\"")
+}
+
+/// [`config_text`] with `admin_extra` in the `[admin]` table.
+pub fn config_text_admin(
+    dir: &Path,
+    webhook: &str,
+    admin: &str,
+    extra: &str,
+    admin_extra: &str,
+) -> String {
     format!(
-        "[database]\npath = \"{}\"\n{extra}\n[webhook]\nlisten = \"{webhook}\"\nsecrets = [\"{SECRET}\"]\nsecrets_env = \"\"\n\n[admin]\nlisten = \"{admin}\"\n",
+        "[database]\npath = \"{}\"\n{extra}\n[webhook]\nlisten = \"{webhook}\"\nsecrets = [\"{SECRET}\"]\nsecrets_env = \"\"\n\n[admin]\nlisten = \"{admin}\"\n{admin_extra}\n",
         dir.join("inbox.db").display()
     )
+}
+
+/// The variable that holds [`ADMIN_PASSWORD`] for tests that start the admin with a password.
+pub const ADMIN_PASSWORD_ENV: &str = "STRIPE_INBOX_IT_ADMIN_PASSWORD";
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
+/// Sets [`ADMIN_PASSWORD_ENV`] once for the whole test process (before any service reads it).
+pub fn set_admin_password_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var(ADMIN_PASSWORD_ENV, ADMIN_PASSWORD));
 }
 
 /// A free loopback port (bound, read, released).
@@ -69,8 +92,25 @@ impl TestApp {
 
     /// `database_extra` is appended to the `[database]` table (e.g. `queue_capacity = 1`).
     pub fn start_with(database_extra: &str) -> TestApp {
-        let dir = TempDir::new("app");
-        let text = config_text(dir.path(), "127.0.0.1:0", "127.0.0.1:0", database_extra);
+        TestApp::start_in(TempDir::new("app"), database_extra, "password_env = \"\"")
+    }
+
+    /// A service whose admin listener asks for [`ADMIN_PASSWORD`].
+    pub fn start_with_admin_password() -> TestApp {
+        set_admin_password_env();
+        let admin = format!("password_env = \"{ADMIN_PASSWORD_ENV}\"");
+        TestApp::start_in(TempDir::new("app"), "", &admin)
+    }
+
+    /// A service on a database prepared in `dir` beforehand.
+    pub fn start_in(dir: TempDir, database_extra: &str, admin_extra: &str) -> TestApp {
+        let text = config_text_admin(
+            dir.path(),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            database_extra,
+            admin_extra,
+        );
         let path = dir.path().join("config.toml");
         std::fs::write(&path, &text).unwrap();
         let config = Config::load(&path).unwrap();
