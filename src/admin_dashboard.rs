@@ -70,7 +70,8 @@ pub fn summary(conn: &Connection, now_ms: i64) -> Result<Summary> {
     s.last_day = count_since(now_ms - 86_400_000)?;
     s.pending = conn
         .query_row(
-            "SELECT COUNT(*) FROM events WHERE decision IS NULL",
+            "SELECT (SELECT COUNT(*) FROM events WHERE decision IS NULL)
+                  + (SELECT COUNT(*) FROM events WHERE decision = 'projection_failed')",
             [],
             |r| r.get(0),
         )
@@ -218,7 +219,7 @@ pub fn page(admin: &Admin, viewer: &Viewer) -> Result<Response> {
         ),
         (
             html::thousands(s.pending),
-            "events not projected".into(),
+            "events not projected (or failed)".into(),
             "/events?decision=pending",
         ),
         (

@@ -385,7 +385,7 @@ pub fn list(admin: &Admin, req: &Request, viewer: &Viewer) -> Result<Response> {
                 esc(&i.summary),
                 if i.deleted { " <span class=\"badge o-deleted\">deleted</span>" } else { "" },
                 if i.uncertain { " <span class=\"badge flag\">uncertain</span>" } else { "" },
-                esc(&html::time_ms(i.updated_at)),
+                html::time_cell(i.updated_at.div_euclid(1000)),
             );
         }
         body.push_str("</tbody></table></div>");
@@ -663,11 +663,11 @@ pub fn show(admin: &Admin, req: &Request, viewer: &Viewer, id: &str) -> Result<R
             "<tr{}><td class=\"mono\"><a href=\"/events/{id_url}\">{}</a>{}</td><td>{}</td><td>{}</td><td class=\"mono hide-s\">{}</td><td class=\"hide-s\">{}</td>\
              <td><form method=\"post\" action=\"/events/{id_url}/replay\" class=\"inline\">{}<button class=\"secondary\">Replay</button></form></td></tr>",
             if holds { " class=\"held\"" } else { "" },
-            format_utc(e.created),
+            html::time_cell(e.created),
             if holds { " <span class=\"badge o-applied\">held</span>" } else { "" },
             esc(&e.event_type),
             html::decision_badge(e.decision.as_deref()),
-            esc(&html::time_ms(e.received_at)),
+            html::time_cell(e.received_at.div_euclid(1000)),
             e.deliveries,
             html::csrf_field(&viewer.csrf),
             id_url = url_encode(&e.id),

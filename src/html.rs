@@ -154,6 +154,16 @@ pub fn time_ms(ms: i64) -> String {
     format_utc(ms.div_euclid(1000))
 }
 
+/// A time for a table cell: date and time that each stay on one line (HTML).
+pub fn time_cell(secs: i64) -> String {
+    let text = format_utc(secs);
+    format!(
+        "<span class=\"d\">{}</span> <span class=\"t\">{}</span>",
+        &text[..10],
+        &text[11..]
+    )
+}
+
 /// A short age: `42 s`, `7 min`, `5 h`, `3 days`.
 pub fn age(secs: i64) -> String {
     match secs.max(0) {
@@ -203,7 +213,7 @@ pub const OUTCOMES: &[(&str, &str)] = &[
 /// Which outcome group a decision (`events.decision`) belongs to.
 pub fn outcome_of(decision: Option<&str>) -> &'static str {
     match decision {
-        None => "pending",
+        None | Some("projection_failed") => "pending",
         Some("applied") => "applied",
         Some(d) if d.starts_with("tie_resolved") => "tie",
         Some("created_ignored" | "stale" | "unchanged" | "deleted_ignored") => "ignored",
@@ -236,6 +246,7 @@ pub fn decision_explained(decision: Option<&str>) -> &'static str {
         Some("tombstoned") => "A *.deleted event: the object is kept as a tombstone holding its last state; nothing older or as old resurrects it.",
         Some("deleted_ignored") => "The object was already deleted by an event as new or newer than this one, so this one was ignored.",
         Some("no_object") => "Nothing to mirror: a thin event, an event without an object id, or a deleted stub.",
+        Some("projection_failed") => "The mirror could not apply this event when it arrived (the server log has the reason); the event itself is stored. Replay it once the cause is fixed.",
         Some(_) => "A decision this build does not describe.",
     }
 }
@@ -391,6 +402,7 @@ pub fn chart_svg(bars: &[Bar]) -> String {
     const W: f64 = 960.0;
     const H: f64 = 220.0;
     const LEFT: f64 = 44.0;
+    const RIGHT: f64 = 16.0;
     const BOTTOM: f64 = 22.0;
     const TOP: f64 = 8.0;
     let max = bars
@@ -400,7 +412,7 @@ pub fn chart_svg(bars: &[Bar]) -> String {
         .unwrap_or(0);
     let scale_max = nice_ceiling(max.max(1));
     let plot_h = H - BOTTOM - TOP;
-    let slot = (W - LEFT) / bars.len().max(1) as f64;
+    let slot = (W - LEFT - RIGHT) / bars.len().max(1) as f64;
     let mut out = String::new();
     let _ = write!(
         out,
@@ -412,8 +424,9 @@ pub fn chart_svg(bars: &[Bar]) -> String {
         let y = TOP + plot_h - plot_h * step as f64 / 4.0;
         let _ = write!(
             out,
-            "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{W}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/>\
+            "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/>\
              <text class=\"axis\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            W - RIGHT,
             LEFT - 4.0,
             y + 4.0,
             thousands(value as i64)

@@ -37,7 +37,8 @@
 //! - [`db`]: opens connections (writer, read pool, read-only), migrations from `schema.sql`, the
 //!   `<db>.lock` file lock, integrity checks.
 //! - [`admin`]: the admin listener: routes, access, security headers, `/healthz`, `/metrics`.
-//!   Its pages: [`admin_dashboard`], [`admin_events`] (list, event, replay), [`admin_objects`]
+//!   Its pages: [`admin_dashboard`], [`admin_events`] (list, event, replay; the search is
+//!   [`event_search`]: index walks with a row budget), [`admin_objects`]
 //!   (browse, search, object, rebuild); [`auth`] (password, sessions, CSRF, login rate limit);
 //!   [`html`] (escaping, frame, stylesheet, JSON viewer, SVG chart); [`form`] (query strings,
 //!   forms, cookies); [`metrics`] (Prometheus text, the writer's histograms).
@@ -73,6 +74,7 @@ pub mod config;
 pub mod db;
 pub mod envelope;
 pub mod error;
+pub mod event_search;
 pub mod form;
 pub mod html;
 pub mod http;

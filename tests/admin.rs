@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use stripe_inbox::admin_events::{self, Filter};
 use stripe_inbox::config::Config;
+use stripe_inbox::event_search::{self, Filter};
 use stripe_inbox::service::Service;
 use stripe_inbox::{db, time};
 
@@ -388,7 +388,7 @@ fn events_list_filters_and_pages_without_gaps() {
         let page = c.get(&path);
         assert_eq!(page.status, 200);
         let got = rows(&page.body);
-        assert!(got.len() <= admin_events::PAGE);
+        assert!(got.len() <= event_search::PAGE);
         seen.extend(got);
         match page
             .body
@@ -407,7 +407,7 @@ fn events_list_filters_and_pages_without_gaps() {
 
     // A pattern over types, a decision, the body text, an object.
     let invoices = rows(&c.get("/events?type=invoice.*").body);
-    assert_eq!(invoices.len(), admin_events::PAGE);
+    assert_eq!(invoices.len(), event_search::PAGE);
     let invoice_ids: Vec<&String> = ids
         .iter()
         .enumerate()
@@ -417,7 +417,7 @@ fn events_list_filters_and_pages_without_gaps() {
         .collect();
     assert_eq!(
         invoices.iter().collect::<Vec<_>>(),
-        invoice_ids[..admin_events::PAGE].to_vec()
+        invoice_ids[..event_search::PAGE].to_vec()
     );
     let one = &ids[77];
     assert_eq!(
@@ -437,7 +437,7 @@ fn events_list_filters_and_pages_without_gaps() {
         ))
         .body,
     );
-    assert_eq!(all_day.len(), admin_events::PAGE);
+    assert_eq!(all_day.len(), event_search::PAGE);
 }
 
 #[test]
@@ -456,12 +456,12 @@ fn bounded_search_continues_where_it_stopped() {
         text: Some(target.clone()),
         ..Filter::default()
     };
-    let first = admin_events::find(&conn, &filter, 10).unwrap();
+    let first = event_search::find(&conn, &filter, 10).unwrap();
     assert!(first.rows.is_empty());
     assert!(first.limited, "an empty page that stopped early says so");
-    assert_eq!(first.scanned, admin_events::PAGE);
+    assert_eq!(first.scanned, event_search::PAGE);
     filter.before = first.next;
-    let found = admin_events::find(&conn, &filter, 10).unwrap();
+    let found = event_search::find(&conn, &filter, 10).unwrap();
     assert_eq!(found.rows.len(), 1);
     assert_eq!(found.rows[0].id, target);
     assert_eq!(found.next, None);
