@@ -270,3 +270,127 @@ pub fn event_id(body: &[u8]) -> String {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap();
     v["id"].as_str().unwrap().to_string()
 }
+
+/// Writes `n` realistic events about `customers` customers, arrived over the last `hours` hours
+/// (more by day than by night), straight into the database at `db` the way the writer stores
+/// them (projected, then inserted with the decision). For a service started on the file after.
+pub fn prefill(db: &Path, n: usize, customers: usize, hours: i64) {
+    const TYPES: &[&str] = &[
+        "customer.created",
+        "checkout.session.completed",
+        "customer.subscription.created",
+        "invoice.created",
+        "invoice.finalized",
+        "payment_intent.created",
+        "payment_intent.succeeded",
+        "charge.succeeded",
+        "invoice.paid",
+        "customer.subscription.updated",
+        "customer.updated",
+        "invoice.payment_failed",
+        "charge.refunded",
+        "customer.subscription.deleted",
+    ];
+    let conn = db::open_writer(db).unwrap();
+    let now_ms = time::now_ms();
+    let start_ms = now_ms - hours * 3_600_000;
+    // Arrival times: a daily curve, sorted.
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut rand = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut times: Vec<i64> = Vec::with_capacity(n);
+    while times.len() < n {
+        let t = start_ms + (rand() % (hours as u64 * 3_600_000)) as i64;
+        let hour = (t / 3_600_000) % 24;
+        let weight = 1.0 + (((hour as f64 - 14.0) / 24.0) * std::f64::consts::TAU).cos();
+        if (rand() % 1000) as f64 / 500.0 < weight {
+            times.push(t);
+        }
+    }
+    times.sort_unstable();
+    let tx = conn.unchecked_transaction().unwrap();
+    let names = [
+        "Ada Lovelace",
+        "Grace Hopper",
+        "Alan Turing",
+        "Zoë Müller",
+        "José Núñez",
+    ];
+    let mut previous: Option<(usize, &str, i64)> = None;
+    for (i, at) in times.into_iter().enumerate() {
+        let mut c = (rand() as usize) % customers.max(1);
+        let mut t = TYPES[(rand() as usize) % TYPES.len()];
+        // Most arrive within seconds; a few were delayed for minutes (older than what the
+        // mirror holds by then), and some share their second with the previous event.
+        let created = match rand() % 100 {
+            0..=5 => at / 1000 - 60 - (rand() % 900) as i64,
+            _ => at / 1000 - (rand() % 3) as i64,
+        };
+        // Now and then a second update to the same object in the same second, with other data
+        // and nothing to order them by: a tie the mirror settles by arrival (flagged uncertain).
+        let tie = match previous {
+            Some((pc, pt, pcreated)) if rand() % 100 < 3 && pt.ends_with(".updated") => {
+                (c, t) = (pc, pt);
+                Some(pcreated)
+            }
+            _ => None,
+        };
+        let created = tie.unwrap_or(created);
+        previous = Some((c, t, created));
+        let mut event = testevent::build(t, created).unwrap();
+        let object = &mut event["data"]["object"];
+        let kind = object["object"].as_str().unwrap_or("").to_string();
+        let prefix = object["id"]
+            .as_str()
+            .and_then(|id| id.split('_').next())
+            .unwrap_or("obj")
+            .to_string();
+        let cus = format!("cus_Shop{c:06}");
+        if kind == "customer" {
+            object["id"] = cus.clone().into();
+            object["email"] = format!("customer{c}@example.com").into();
+            object["name"] = names[c % names.len()].into();
+            object["metadata"] = serde_json::json!({ "user_id": format!("u{c}") });
+        } else {
+            object["id"] = format!("{prefix}_Shop{c:06}").into();
+            object["customer"] = cus.into();
+        }
+        if tie.is_some() {
+            object["metadata"] = serde_json::json!({ "note": format!("edit {i}") });
+            if let Some(data) = event["data"].as_object_mut() {
+                data.remove("previous_attributes");
+            }
+        }
+        let body = serde_json::to_vec_pretty(&event).unwrap();
+        let env = stripe_inbox::envelope::parse(&body).unwrap();
+        let seq = i as i64 + 1;
+        let input = stripe_inbox::replay::input(&env, &body, seq);
+        let decision = stripe_inbox::project::apply(&tx, &input, at)
+            .map(|d| d.as_str())
+            .unwrap_or("projection_failed");
+        tx.execute(
+            "INSERT INTO events (id, seq, type, created, livemode, object_id, object_type,
+                request_id, body, received_at, last_received_at, deliveries, secret_index, decision)
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8, ?9, ?9, ?10, 0, ?11)",
+            rusqlite::params![
+                env.id,
+                seq,
+                env.event_type,
+                env.created,
+                env.object_id,
+                env.object_type,
+                env.request_id,
+                body,
+                at,
+                1 + (rand() % 40 == 0) as i64,
+                decision
+            ],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
