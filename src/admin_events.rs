@@ -63,8 +63,9 @@ pub fn list(admin: &Admin, req: &Request, viewer: &Viewer) -> Result<Response> {
     if found.limited {
         let _ = write!(
             body,
-            "<span class=\"muted\">Filters that no index answers are tested row by row, at most {} rows a page; this page examined {} and stopped at event #{}.</span>",
-            html::thousands(SCAN_BUDGET as i64),
+            "<span class=\"muted\">Filters that no index answers are tested row by row, at most {} rows or {} ms a page; this page examined {} and stopped at event #{}.</span>",
+            html::thousands(SCAN_BUDGET.rows as i64),
+            SCAN_BUDGET.time.as_millis(),
             html::thousands(found.scanned as i64),
             found.next.unwrap_or(0)
         );

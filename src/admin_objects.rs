@@ -5,7 +5,7 @@
 //! Lookups by id, by type, by customer (`objects_customer`), uncertain objects
 //! (`objects_uncertain`) and customers by email (`objects_email`) are index ranges. A metadata
 //! `key=value` or a free-text search has no index to use: it tests the newest objects row by row,
-//! at most [`SCAN_BUDGET`] a page, and the page says so and links to the next stretch.
+//! within [`SCAN_BUDGET`] (rows and time) a page, and the page says so and links onward.
 
 use std::fmt::Write as _;
 
@@ -15,6 +15,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use crate::admin::{page_response, redirect, Admin};
 use crate::auth::Viewer;
 use crate::error::{Error, Result};
+use crate::event_search::Budget;
 use crate::form::Form;
 use crate::html::{self, esc, url_encode, Frame};
 use crate::http::{Request, Response};
@@ -22,8 +23,8 @@ use crate::time::format_utc;
 
 /// Rows per page.
 pub const PAGE: usize = 50;
-/// The most objects one search page tests row by row.
-pub const SCAN_BUDGET: usize = 20_000;
+/// How much row-by-row testing one search page may do (the events list's budget).
+pub const SCAN_BUDGET: Budget = crate::event_search::SCAN_BUDGET;
 /// The most events the timeline of one object shows.
 pub const TIMELINE_LIMIT: usize = 500;
 
@@ -118,7 +119,7 @@ fn item(r: &rusqlite::Row) -> rusqlite::Result<Item> {
 }
 
 /// Finds a page of objects, newest first (by when the mirror first saw them).
-pub fn find(conn: &Connection, q: &Query, budget: usize) -> Result<Found> {
+pub fn find(conn: &Connection, q: &Query, budget: Budget) -> Result<Found> {
     let err = |e| Error::sqlite("list objects", e);
     let before = q.before.unwrap_or(i64::MAX);
     let mut conds: Vec<String> = vec!["rowid < ?".into()];
@@ -205,15 +206,16 @@ pub fn find(conn: &Connection, q: &Query, budget: usize) -> Result<Found> {
     })
 }
 
-/// Tests rows newest first against `test`, examining at most `budget` of them.
+/// Tests rows newest first against `test`, within `budget`.
 fn scan(
     conn: &Connection,
     conds: &[String],
     values: &[Value],
     test: &str,
     test_values: Vec<Value>,
-    budget: usize,
+    budget: Budget,
 ) -> Result<Found> {
+    let deadline = std::time::Instant::now() + budget.time;
     let err = |e| Error::sqlite("search objects", e);
     let sql = format!(
         "SELECT rowid, ({test}) FROM objects WHERE {} ORDER BY rowid DESC",
@@ -235,7 +237,9 @@ fn scan(
                 break;
             }
         }
-        if scanned >= budget {
+        let out_of_time =
+            scanned >= PAGE && scanned % 64 == 0 && std::time::Instant::now() >= deadline;
+        if scanned >= budget.rows || out_of_time {
             stopped_at = Some(rowid);
             break;
         }
@@ -425,8 +429,10 @@ pub fn list(admin: &Admin, req: &Request, viewer: &Viewer) -> Result<Response> {
     if found.limited {
         let _ = write!(
             body,
-            "<span class=\"muted\">This search has no index: it tests at most {} objects a page, newest first.</span>",
-            html::thousands(SCAN_BUDGET as i64)
+            "<span class=\"muted\">This search has no index: it tests objects newest first, at most {} or {} ms a page; this page examined {}.</span>",
+            html::thousands(SCAN_BUDGET.rows as i64),
+            SCAN_BUDGET.time.as_millis(),
+            html::thousands(found.scanned as i64)
         );
     }
     let _ = write!(

@@ -456,12 +456,16 @@ fn bounded_search_continues_where_it_stopped() {
         text: Some(target.clone()),
         ..Filter::default()
     };
-    let first = event_search::find(&conn, &filter, 10).unwrap();
+    let rows10 = event_search::Budget {
+        rows: 10,
+        time: std::time::Duration::from_secs(60),
+    };
+    let first = event_search::find(&conn, &filter, rows10).unwrap();
     assert!(first.rows.is_empty());
     assert!(first.limited, "an empty page that stopped early says so");
     assert_eq!(first.scanned, event_search::PAGE);
     filter.before = first.next;
-    let found = event_search::find(&conn, &filter, 10).unwrap();
+    let found = event_search::find(&conn, &filter, rows10).unwrap();
     assert_eq!(found.rows.len(), 1);
     assert_eq!(found.rows[0].id, target);
     assert_eq!(found.next, None);
