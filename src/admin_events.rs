@@ -23,10 +23,32 @@ pub fn list(admin: &Admin, req: &Request, viewer: &Viewer) -> Result<Response> {
     let conn = admin.pool.get()?;
     let found = find(&conn, &filter, SCAN_BUDGET)?;
     let types = event_search::distinct(&conn, "type")?;
+    // An email in the text box: the customers index knows at once whose it is, while the body
+    // search below may need several steps to reach older events.
+    let customers = match filter.text.as_deref() {
+        Some(t) if t.contains('@') && !t.contains(char::is_whitespace) => {
+            crate::admin_objects::customers_by_email(&conn, t)?
+        }
+        _ => Vec::new(),
+    };
     drop(conn);
 
     let mut body = String::from("<h1>Events</h1>");
     filter_form(&mut body, &filter, &types);
+    if !customers.is_empty() {
+        body.push_str("<p class=\"panel\">This email belongs to ");
+        for (i, c) in customers.iter().enumerate() {
+            let _ = write!(
+                body,
+                "{}<a href=\"/objects/{id}\">{}</a> {} (<a href=\"/events?object={id}\">its events</a>)",
+                if i > 0 { ", " } else { "" },
+                esc(&c.id),
+                esc(&c.summary),
+                id = url_encode(&c.id)
+            );
+        }
+        body.push_str(": its page lists its subscriptions, invoices and payments.</p>");
+    }
     if found.rows.is_empty() {
         body.push_str("<p class=\"muted\">No events match");
         if found.limited {
@@ -136,28 +158,38 @@ fn filter_form(body: &mut String, filter: &Filter, types: &[String]) {
 pub fn events_table(body: &mut String, rows: &[Row], show_object: bool) {
     body.push_str("<div class=\"scroll\"><table><thead><tr><th>Arrived (UTC)</th><th>Type</th>");
     if show_object {
-        body.push_str("<th>Object</th>");
+        body.push_str("<th class=\"hide-s\">Object</th>");
     }
     body.push_str("<th>Decision</th><th class=\"hide-s\">Deliveries</th><th class=\"hide-s\">Event</th></tr></thead><tbody>");
     for r in rows {
         let _ = write!(
             body,
-            "<tr><td class=\"mono\"><a href=\"/events/{id_url}\">{}</a></td><td><a href=\"/events/{id_url}\">{}</a></td>",
+            "<tr><td class=\"mono\"><a href=\"/events/{id_url}\">{}</a></td><td><a href=\"/events/{id_url}\">{}</a>",
             html::time_cell(r.received_at.div_euclid(1000)),
             esc(&r.event_type),
             id_url = url_encode(&r.id)
         );
+        // On a phone the object moves under the type instead of a column of its own.
+        if let (true, Some(o)) = (show_object, &r.object_id) {
+            let _ = write!(
+                body,
+                "<div class=\"show-s mono\"><a href=\"/objects/{}\">{}</a></div>",
+                url_encode(o),
+                esc(o)
+            );
+        }
+        body.push_str("</td>");
         if show_object {
             match &r.object_id {
                 Some(o) => {
                     let _ = write!(
                         body,
-                        "<td class=\"id\"><a href=\"/objects/{}\">{}</a></td>",
+                        "<td class=\"id obj hide-s\"><a href=\"/objects/{}\">{}</a></td>",
                         url_encode(o),
                         esc(o)
                     );
                 }
-                None => body.push_str("<td class=\"muted\">none</td>"),
+                None => body.push_str("<td class=\"muted hide-s\">none</td>"),
             }
         }
         let _ = write!(

@@ -138,7 +138,10 @@ pub fn find(conn: &Connection, q: &Query, budget: Budget) -> Result<Found> {
         if s.contains('@') && !s.contains(char::is_whitespace) {
             how =
                 "customers with this email (exact, any case), then objects whose JSON contains it";
-            let mut found = email_customers(conn, s)?;
+            let mut found = Found {
+                items: customers_by_email(conn, s)?,
+                ..Found::default()
+            };
             // Guest checkouts, charges and invoices carry an email too: search their JSON.
             let rest = scan(
                 conn,
@@ -279,7 +282,7 @@ fn items_by_rowid(conn: &Connection, rowids: &[i64]) -> Result<Vec<Item>> {
 }
 
 /// Customers whose email is `email` (any case), through the `objects_email` index.
-fn email_customers(conn: &Connection, email: &str) -> Result<Found> {
+pub fn customers_by_email(conn: &Connection, email: &str) -> Result<Vec<Item>> {
     let sql = format!(
         "SELECT {ITEM_COLUMNS} FROM objects INDEXED BY objects_email
          WHERE type = 'customer' AND lower(json_extract(data, '$.email')) = lower(?1)
@@ -293,10 +296,7 @@ fn email_customers(conn: &Connection, email: &str) -> Result<Found> {
         .map_err(|e| Error::sqlite("find customers by email", e))?
         .collect::<rusqlite::Result<_>>()
         .map_err(|e| Error::sqlite("find customers by email", e))?;
-    Ok(Found {
-        items,
-        ..Found::default()
-    })
+    Ok(items)
 }
 
 /// The object types in the mirror, by skipping through the `objects_type` index.

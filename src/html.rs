@@ -374,10 +374,14 @@ pub fn id_link(s: &str) -> Option<String> {
     let prefix_ok = (2..=10).contains(&prefix.len())
         && prefix.bytes().all(|b| b.is_ascii_lowercase())
         || prefix == "acct";
-    // Some ids carry a second underscore part (e.g. `cs_test_...`).
+    // Some ids carry a second underscore part (e.g. `cs_test_...`). Ids are random, so they
+    // have digits or capitals; enum values such as `charge_automatically` do not.
     let rest_ok = rest.len() >= 8
         && rest.len() <= 255
-        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && rest
+            .bytes()
+            .any(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
     if !prefix_ok || !rest_ok {
         return None;
     }
@@ -586,6 +590,8 @@ mod tests {
             "a_b",
             "cus_<script>xx",
             "Cus_12345678",
+            "charge_automatically",
+            "send_invoice",
         ] {
             assert_eq!(id_link(not), None, "{not}");
         }

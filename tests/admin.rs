@@ -583,6 +583,14 @@ fn objects_browse_and_search() {
             assert!(page.body.contains(expect), "{q}: {}", page.body);
         }
     }
+    // An email in the events search names its customer at once (through the index).
+    let events = c.get("/events?q=mallory%40EXAMPLE.com");
+    assert!(
+        events.body.contains("This email belongs to"),
+        "{}",
+        events.body
+    );
+    assert!(events.body.contains("/events?object=cus_XSStest0001"));
     let subs = c.get("/objects?type=subscription");
     assert!(subs.body.contains("sub_"), "{}", subs.body);
     assert!(!subs.body.contains("cus_XSStest0001"));
