@@ -174,6 +174,25 @@ impl Browser {
         self.call("POST", &format!("/element/{el}/click"), Some(json!({})));
     }
 
+    /// Clicks something that navigates, and waits until the new page's URL satisfies `arrived`
+    /// and it has loaded (a click may return before the navigation it starts has committed).
+    fn click_to(&self, css: &str, arrived: impl Fn(&str) -> bool) {
+        let before = self.url();
+        self.click(css);
+        self.wait_until(&format!("navigation from {before} by {css}"), || {
+            let url = self.url();
+            arrived(&url) && self.script("return document.readyState") == "complete"
+        });
+    }
+
+    fn wait_until(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     fn text(&self, css: &str) -> String {
         let el = self.find(css);
         self.call("GET", &format!("/element/{el}/text"), None)
@@ -282,10 +301,12 @@ fn admin_in_a_real_browser() {
     assert!(b.url().ends_with("/login"), "{}", b.url());
     b.type_into("input[name=password]", "wrong");
     b.click("form button");
+    b.wait_until("the wrong-password message", || {
+        b.script("return document.querySelector('p.warn') !== null") == true
+    });
     assert!(b.text("p.warn").contains("Wrong password"));
     b.type_into("input[name=password]", ADMIN_PASSWORD);
-    b.click("form button");
-    assert_eq!(b.url(), format!("{base}/"));
+    b.click_to("form button", |u| u == format!("{base}/"));
     assert_eq!(b.text("h1"), "Dashboard");
     // The stylesheet applied under the CSP (header colour), and the chart is drawn.
     let header =
@@ -297,19 +318,24 @@ fn admin_in_a_real_browser() {
 
     // Find the event by its object id through the filter form, open it.
     b.window(1280, 900);
-    b.click("header nav a[href='/events']");
+    b.click_to("header nav a[href='/events']", |u| u.ends_with("/events"));
+    b.screenshot(&shot_dir.join("admin-events.png"), 1280, false);
     b.type_into("input[name=object]", object);
-    b.click("form.filters button");
-    assert!(b.url().contains(&format!("object={object}")), "{}", b.url());
+    b.click_to("form.filters button", |u| {
+        u.contains(&format!("object={object}"))
+    });
     let rows = b.script("return document.querySelectorAll('tbody tr').length");
     assert_eq!(rows, 1, "only the one event about this object");
-    b.click(&format!("a[href='/events/{fresh_id}']"));
+    b.click_to(&format!("a[href='/events/{fresh_id}']"), |u| {
+        u.ends_with(&format!("/events/{fresh_id}"))
+    });
     assert_eq!(b.text("h1"), "invoice.paid");
     b.screenshot(&shot_dir.join("admin-event.png"), 1280, false);
 
     // Replay it and see the result.
-    b.click("form[action$='/replay'] button");
-    assert!(b.url().ends_with("?done=replayed"), "{}", b.url());
+    b.click_to("form[action$='/replay'] button", |u| {
+        u.ends_with("?done=replayed")
+    });
     let result = b.text("main p.warn");
     assert!(result.starts_with("Replayed."), "{result}");
     assert!(
@@ -343,11 +369,12 @@ fn admin_in_a_real_browser() {
     b.screenshot(&shot_dir.join("admin-dashboard-phone.png"), 390, false);
     b.goto(&format!("{base}/events"));
     b.screenshot(&shot_dir.join("admin-events-phone.png"), 390, false);
+    b.goto(&format!("{base}/objects/{object}"));
+    b.screenshot(&shot_dir.join("admin-object-phone.png"), 390, true);
 
     // Logging out ends the session.
     b.window(1280, 900);
-    b.click("form.logout button");
-    assert!(b.url().ends_with("/login"));
+    b.click_to("form.logout button", |u| u.ends_with("/login"));
     b.goto(&format!("{base}/events"));
     assert!(b.url().ends_with("/login"));
     for name in [
