@@ -144,8 +144,9 @@ const SERVE_USAGE: &str = "\
 usage: stripe-inbox serve [--config PATH]
 
 Receives Stripe webhooks on [webhook] listen + path, verifies and stores each event durably before
-answering 2xx, and serves /healthz on [admin] listen. Stops cleanly on SIGTERM or Ctrl-C: requests
-in flight are answered and everything answered is on disk.
+answering 2xx, and serves the admin page, /healthz and /metrics on [admin] listen (with the
+password from the variable [admin] password_env names; without one, loopback only). Stops cleanly
+on SIGTERM or Ctrl-C: requests in flight are answered and everything answered is on disk.
 ";
 
 fn run_serve(parser: lexopt::Parser) -> Result<()> {
@@ -188,6 +189,17 @@ fn run_check(parser: lexopt::Parser) -> Result<()> {
         config.webhook.listen, config.webhook.path
     );
     println!("  admin:   http://{}/", config.admin.listen);
+    match config.admin_password() {
+        Ok(Some(_)) => println!(
+            "  admin password: set (from ${})",
+            config.admin.password_env
+        ),
+        Ok(None) => println!("  admin password: none (the page is open on loopback only)"),
+        Err(e) => {
+            println!("  admin password: none, and the listener is not loopback");
+            problems.push(e.to_string());
+        }
+    }
     match config.webhook_secrets() {
         Ok(secrets) => println!(
             "  signing secrets: {} ({} in the file, the rest from ${})",
