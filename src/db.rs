@@ -78,10 +78,11 @@ pub fn open_writer(path: &Path) -> Result<Connection> {
         )));
     }
     // The checkpointer thread moves WAL pages into the file; the writer checkpoints only as a
-    // fallback when the WAL passes ~40 MB, and a WAL that grew is cut back to 64 MiB after reset.
+    // fallback when the WAL passes ~80 MB, and a WAL that grew is cut back to 64 MiB after reset.
+    // Savepoint journals stay in memory.
     conn.execute_batch(
-        "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA wal_autocheckpoint=10000;
-         PRAGMA journal_size_limit=67108864;",
+        "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA wal_autocheckpoint=20000;
+         PRAGMA journal_size_limit=67108864; PRAGMA temp_store=MEMORY;",
     )
     .map_err(|e| Error::sqlite(what(), e))?;
     migrate(&conn, path)?;
@@ -125,7 +126,7 @@ pub fn read_pool(path: &Path, size: u32) -> Result<ReadPool> {
         .build(manager)?)
 }
 
-/// A thread that runs `PRAGMA wal_checkpoint(PASSIVE)` about once a second on a connection of its
+/// A thread that runs `PRAGMA wal_checkpoint(PASSIVE)` every 250 ms on a connection of its
 /// own, so that copying WAL pages into the database file happens beside the writer's commits
 /// instead of inside one of them (measured: that checkpoint set the writer's tail latency).
 ///

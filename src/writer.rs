@@ -321,10 +321,21 @@ impl State {
         for msg in batch.drain(..) {
             match msg {
                 Msg::Ingest(ingest, reply) => {
-                    let outcome =
-                        in_savepoint(&mut tx, |sp| store_event(sp, &ingest, &mut self.next_seq));
-                    if let Err(e) = &outcome {
-                        log::error!("store event={}: {e}", ingest.envelope.id);
+                    let next_seq = &mut self.next_seq;
+                    let mut outcome =
+                        in_savepoint(&mut tx, |sp| store_event(sp, &ingest, next_seq, true));
+                    if let Err(e) = outcome {
+                        // Store it without the mirror: if that works, the projection was at fault,
+                        // and the event (the ground truth) must not be lost for it.
+                        outcome =
+                            in_savepoint(&mut tx, |sp| store_event(sp, &ingest, next_seq, false));
+                        match &outcome {
+                            Ok(_) => log::error!(
+                                "project event={}: {e}; stored with decision projection_failed",
+                                ingest.envelope.id
+                            ),
+                            Err(e) => log::error!("store event={}: {e}", ingest.envelope.id),
+                        }
                     }
                     pending.push(Pending::Ingest(reply, outcome));
                 }
@@ -369,28 +380,16 @@ fn in_savepoint<T>(tx: &mut Transaction, f: impl FnOnce(&Connection) -> Result<T
     }
 }
 
-/// Applies an event to the mirror inside a savepoint, so that a failure leaves no partial change.
-fn project_in_savepoint(
+/// Inserts the raw event and applies it to the mirror, or counts a repeated delivery of a known id.
+///
+/// With `project` false the mirror is left alone and the decision is `projection_failed`; the
+/// caller uses that, in a fresh savepoint, only after the projection failed.
+fn store_event(
     conn: &Connection,
     ingest: &Ingest,
-    seq: i64,
-) -> rusqlite::Result<&'static str> {
-    conn.execute_batch("SAVEPOINT project")?;
-    let input = replay::input(&ingest.envelope, &ingest.body, seq);
-    match project::apply(conn, &input, ingest.received_at_ms) {
-        Ok(decision) => {
-            conn.execute_batch("RELEASE project")?;
-            Ok(decision.as_str())
-        }
-        Err(e) => {
-            conn.execute_batch("ROLLBACK TO project; RELEASE project")?;
-            Err(e)
-        }
-    }
-}
-
-/// Inserts the raw event and applies it to the mirror, or counts a repeated delivery of a known id.
-fn store_event(conn: &Connection, ingest: &Ingest, next_seq: &mut i64) -> Result<Outcome> {
+    next_seq: &mut i64,
+    project: bool,
+) -> Result<Outcome> {
     let env = &ingest.envelope;
 
     // A known id is a repeated delivery: count it, change nothing else.
@@ -408,19 +407,15 @@ fn store_event(conn: &Connection, ingest: &Ingest, next_seq: &mut i64) -> Result
         return Ok(Outcome::Duplicate { deliveries });
     }
 
-    // Apply it to the mirror. The event is stored even if its projection fails (it is the
-    // ground truth, and a rebuild after a fix re-derives the mirror), unless the failure is the
-    // storage itself, which the INSERT below then meets too.
+    // Apply it to the mirror.
     let seq = *next_seq;
-    let decision = match project_in_savepoint(conn, ingest, seq) {
-        Ok(decision) => decision,
-        Err(e) => {
-            log::error!(
-                "project event={}: {e}; stored with decision projection_failed",
-                env.id
-            );
-            "projection_failed"
-        }
+    let decision = if project {
+        let input = replay::input(env, &ingest.body, seq);
+        project::apply(conn, &input, ingest.received_at_ms)
+            .map_err(|e| Error::sqlite(format!("project event {}", env.id), e))?
+            .as_str()
+    } else {
+        "projection_failed"
     };
 
     // Insert the raw event.
