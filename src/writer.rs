@@ -450,3 +450,88 @@ fn store_event(
     *next_seq += 1;
     Ok(Outcome::Stored { seq })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{db, envelope, testevent};
+
+    fn ingest(event_type: &str) -> Ingest {
+        let body =
+            serde_json::to_vec(&testevent::build(event_type, 1_700_000_000).unwrap()).unwrap();
+        Ingest {
+            envelope: envelope::parse(&body).unwrap(),
+            body,
+            secret_index: Some(0),
+            received_at_ms: 1,
+            source: Source::Webhook,
+        }
+    }
+
+    fn start(tag: &str) -> (Writer, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("stripe-inbox-writer-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.db");
+        let conn = db::open_writer(&path).unwrap();
+        (
+            Writer::start(
+                conn,
+                WriterConfig {
+                    queue_capacity: 16,
+                    max_batch: 8,
+                },
+            )
+            .unwrap(),
+            dir,
+        )
+    }
+
+    #[test]
+    fn stores_counts_duplicates_and_numbers_arrivals() {
+        let (writer, dir) = start("dup");
+        let handle = writer.handle();
+        let first = ingest("customer.created");
+        let again = Ingest {
+            envelope: first.envelope.clone(),
+            body: first.body.clone(),
+            ..ingest("customer.created")
+        };
+        assert_eq!(handle.ingest(first).unwrap(), Outcome::Stored { seq: 1 });
+        assert_eq!(
+            handle.ingest(again).unwrap(),
+            Outcome::Duplicate { deliveries: 2 }
+        );
+        assert_eq!(
+            handle.ingest(ingest("invoice.paid")).unwrap(),
+            Outcome::Stored { seq: 2 }
+        );
+        assert_eq!(handle.stats().events.load(Ordering::Relaxed), 2);
+        assert_eq!(handle.stats().duplicates.load(Ordering::Relaxed), 1);
+        writer.stop();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_transaction_that_cannot_begin_fails_its_waiters_instead_of_hanging() {
+        let (writer, dir) = start("begin");
+        let handle = writer.handle();
+        // query_only makes BEGIN IMMEDIATE fail for every later batch.
+        handle
+            .run(Box::new(|conn| {
+                conn.execute_batch("PRAGMA query_only = ON")
+                    .map_err(|e| Error::sqlite("x", e))
+            }))
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = handle.clone();
+        std::thread::spawn(move || tx.send(h.ingest(ingest("charge.succeeded"))).unwrap());
+        let outcome = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the waiter must be answered");
+        assert!(matches!(outcome, Err(Error::Unavailable(_))), "{outcome:?}");
+        writer.stop();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
