@@ -45,17 +45,22 @@ const DEFAULT_SERVER_LOG: &str = "warn,stripe_inbox::writer=info";
 /// server's keep-alive idle timeout (15 s by default) never closes it under our feet.
 const MAX_IDLE: Duration = Duration::from_secs(10);
 /// Events in a row that update the same object (per event type).
-const EVENTS_PER_OBJECT: u64 = 4;
+/// Distinct objects each client thread cycles through per event kind: large enough that an object
+/// comes round again only seconds later, so its next event has a newer `created` second.
+const OBJECTS_PER_THREAD: u64 = 2000;
 
 const USAGE: &str = "\
 usage: loadgen [--bin PATH] [--connections N] [--duration SECS] [--rate EVENTS_PER_SEC]
-               [--body-bytes N] [--keep DIR] [--server-log FILTER]
+               [--body-bytes N] [--same-second N] [--keep DIR] [--server-log FILTER]
 
   --bin PATH          server binary (default: target/release/stripe-inbox; build it first)
   --connections N     client connections, one thread each (default 32)
   --duration SECS     length of the measured run (default 10)
   --rate N            total events/s, fixed-rate open loop (default: saturation, closed loop)
   --body-bytes N      approximate request body size (default 2000)
+  --same-second N     events per object visit, all in one second with different data: N > 1
+                      makes every visit an undecidable same-second tie, the mirror's worst
+                      case (default 1: each event finds its object at an older second)
   --keep DIR          keep the config, database and server logs in DIR (created; must not
                       exist or be empty) instead of a temporary directory that is removed
   --server-log FILTER RUST_LOG for the server (default warn,stripe_inbox::writer=info)
@@ -69,6 +74,7 @@ struct Args {
     connections: usize,
     duration: Duration,
     rate: Option<f64>,
+    same_second: u64,
     body_bytes: usize,
     keep: Option<PathBuf>,
     server_log: String,
@@ -80,6 +86,7 @@ fn parse_args() -> Result<Args, String> {
         connections: 32,
         duration: Duration::from_secs(10),
         rate: None,
+        same_second: 1,
         body_bytes: 2000,
         keep: None,
         server_log: DEFAULT_SERVER_LOG.to_string(),
@@ -123,6 +130,12 @@ fn parse_args() -> Result<Args, String> {
                 args.rate = Some(rate);
             }
             "--body-bytes" => args.body_bytes = parse_num(&flag, &value()?)?,
+            "--same-second" => {
+                args.same_second = parse_num(&flag, &value()?)?;
+                if args.same_second == 0 {
+                    return Err("--same-second must be at least 1".into());
+                }
+            }
             "--keep" => args.keep = Some(PathBuf::from(value()?)),
             "--server-log" => args.server_log = value()?,
             _ => return Err(format!("unknown argument {arg:?}")),
@@ -431,11 +444,13 @@ struct EventGen {
     run_tag: String,
     thread: usize,
     seq: u64,
+    same_second: u64,
 }
 
 impl EventGen {
-    fn new(body_bytes: usize, run_tag: &str, thread: usize) -> EventGen {
+    fn new(body_bytes: usize, run_tag: &str, thread: usize, same_second: u64) -> EventGen {
         EventGen {
+            same_second,
             templates: build_templates(body_bytes, run_tag),
             run_tag: run_tag.to_string(),
             thread,
@@ -449,8 +464,10 @@ impl EventGen {
         self.seq += 1;
         let kinds = self.templates.len() as u64;
         let t = &self.templates[(seq % kinds) as usize];
-        // The n-th event of this type updates object n / EVENTS_PER_OBJECT.
-        let obj = seq / kinds / EVENTS_PER_OBJECT;
+        // Objects are visited in a ring; each visit sends `same_second` events in a row (so in
+        // one second, with different amounts: a tie nothing can decide, the projection's worst
+        // case), and the ring is long enough that the next visit lands in a later second.
+        let obj = (seq / kinds / self.same_second) % OBJECTS_PER_THREAD;
         let now = unix_now();
         for seg in &t.segs {
             match seg {
@@ -649,6 +666,7 @@ fn build_templates(body_bytes: usize, run_tag: &str) -> Vec<Template> {
                 run_tag: run_tag.to_string(),
                 thread: 0,
                 seq: 0,
+                same_second: 1,
             };
             let mut sample = Vec::new();
             probe.next_into(&mut sample);
@@ -1111,7 +1129,7 @@ fn run_clients(cfg: ClientCfg, args: &Args, run_tag: &str) -> (Totals, Duration)
     let handles: Vec<_> = (0..args.connections)
         .map(|i| {
             let cfg = cfg.clone();
-            let gen = EventGen::new(args.body_bytes, run_tag, i);
+            let gen = EventGen::new(args.body_bytes, run_tag, i, args.same_second);
             thread::Builder::new()
                 .name(format!("client-{i}"))
                 .spawn(move || {
@@ -1368,7 +1386,12 @@ fn run(args: &Args, bin: &Path, dir: &WorkDir) -> Result<bool, String> {
     preflight(
         &client_cfg(now, now),
         // A thread index no client uses, so its ids are unique too.
-        EventGen::new(args.body_bytes, &run_tag, args.connections),
+        EventGen::new(
+            args.body_bytes,
+            &run_tag,
+            args.connections,
+            args.same_second,
+        ),
     )?;
 
     let sampler = RssSampler::start(server.pid);

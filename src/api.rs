@@ -169,7 +169,7 @@ fn internal(e: rusqlite::Error) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
-/// `a=1&metadata%5Bcart_id%5D=x` → [("a","1"), ("metadata[cart_id]","x")].
+/// `a=1&metadata%5Bcart_id%5D=x` → `[("a","1"), ("metadata[cart_id]","x")]`.
 pub fn parse_query(query: &str) -> Vec<(String, String)> {
     query
         .split('&')

@@ -246,6 +246,11 @@ fn run_check(parser: lexopt::Parser) -> Result<()> {
         Err(e) => return Err(e),
     };
     let integrity = db::integrity_problems(&conn)?;
+    let mirror = if _lock.is_some() {
+        Some(replay::verify_mirror(&conn)?)
+    } else {
+        None
+    };
     if integrity.is_empty() {
         println!("  integrity: ok");
     } else {
@@ -274,6 +279,26 @@ fn run_check(parser: lexopt::Parser) -> Result<()> {
             time::format_utc(ms / 1000),
             human_age(age)
         );
+    }
+    match mirror {
+        Some(m) if m.differing_count == 0 => {
+            println!(
+                "  mirror: {} objects, the same as a rebuild from the events",
+                m.objects
+            )
+        }
+        Some(m) => {
+            println!(
+                "  mirror: {} of {} objects differ from a rebuild from the events: {}",
+                m.differing_count,
+                m.objects,
+                m.differing.join(", ")
+            );
+            problems.push(
+                "the mirror differs from a rebuild (fix: stripe-inbox replay --rebuild)".into(),
+            );
+        }
+        None => println!("  mirror: not compared with a rebuild while a server holds the database"),
     }
     if problems.is_empty() {
         println!("all good");

@@ -1,7 +1,8 @@
 //! # stripe-inbox: architecture
 //!
 //! One binary, one SQLite file, one writer. Stripe POSTs events; each is verified, stored durably
-//! exactly once, and answered 2xx only after COMMIT returned. This comment is the map of the code;
+//! exactly once, applied to a mirror of Stripe objects that converges under any delivery order, and
+//! answered 2xx only after COMMIT returned. This comment is the map of the code;
 //! `../shared/docs/design.md` is the design it follows. Keep both true when modules move.
 //!
 //! ## Bird's-eye flow
@@ -14,12 +15,17 @@
 //!                      3. envelope::parse     (id, type, created, account, object id/type, ...)
 //!                      4. WriterHandle::ingest ──▶ writer thread (the ONE read-write connection)
 //!                                                   group commit: take what is queued, one
-//!                                                   transaction, INSERT (or count a duplicate
-//!                                                   delivery), COMMIT (WAL, synchronous=FULL)
+//!                                                   transaction; per event a savepoint: count a
+//!                                                   duplicate delivery, or project::apply to the
+//!                                                   mirror + INSERT with its decision;
+//!                                                   COMMIT (WAL, synchronous=FULL)
 //!                      5. 200 after COMMIT ◀──────── reply to every waiter
 //!                         503 + Retry-After when the writer cannot take it
 //! admin listener ─▶ admin::Admin: auth (session or loopback), then a page ── reads through
-//!                   db::ReadPool (query_only); replay / rebuild go to the writer as a Task
+//!                   db::ReadPool (query_only); replay / rebuild go to the writer as a Task;
+//!                   /api/ ─▶ api::Api (/api/objects)
+//! db::Checkpointer: passive WAL checkpoints every 250 ms beside the writer (query_only connection)
+//! CLI replay --rebuild / object / check ─▶ replay (re-derive the mirror from events)
 //! ```
 //!
 //! ## Code map (in reading order)
@@ -36,25 +42,36 @@
 //! - [`writer`]: the writer thread, [`writer::WriterHandle`], group commit, [`writer::Stats`].
 //! - [`db`]: opens connections (writer, read pool, read-only), migrations from `schema.sql`, the
 //!   `<db>.lock` file lock, integrity checks.
-//! - [`admin`]: the admin listener: routes, access, security headers, `/healthz`, `/metrics`.
-//!   Its pages: [`admin_dashboard`], [`admin_events`] (list, event, replay; the search is
-//!   [`event_search`]: index walks with a row budget), [`admin_objects`]
-//!   (browse, search, object, rebuild); [`auth`] (password, sessions, CSRF, login rate limit);
-//!   [`html`] (escaping, frame, stylesheet, JSON viewer, SVG chart); [`form`] (query strings,
-//!   forms, cookies); [`metrics`] (Prometheus text, the writer's histograms).
+//! - [`project`]: the projection rules: one event → `objects` ([`project::apply`], decisions,
+//!   ordering key, same-second tie-breaks). SQL through the writer's transaction, no other I/O.
+//! - [`project_streams`]: realistic lifecycle streams from Stripe's fixtures, the mirror dump, used
+//!   by the property tests and the integration tests.
+//! - [`replay`]: re-derive one event, one object or the whole mirror from `events`; verify it.
+//! - [`admin`]: the admin listener: routes, access, security headers, `/healthz`, `/metrics`,
+//!   `/api/` to [`api`]. Its pages: [`admin_dashboard`], [`admin_events`] (list, event, replay;
+//!   the search is [`event_search`]: index walks within a budget), [`admin_objects`] (browse,
+//!   search, object, rebuild); [`auth`] (password, sessions, CSRF, login rate limit); [`html`]
+//!   (escaping, frame, stylesheet, JSON viewer, SVG chart); [`form`] (query strings, forms,
+//!   cookies); [`metrics`] (Prometheus text, the writer's histograms).
+//! - [`api`]: the bearer-token read API over the mirror.
 //! - [`testevent`]: realistic events from Stripe's example objects (`src/fixtures/`).
 //! - [`time`]: now, RFC 3339 parsing, UTC formatting.
 //!
 //! ## Invariants
 //!
-//! - Only the writer thread writes. Nothing else opens a writable connection: `db.rs` is the only
-//!   module allowed to call `Connection::open*` (clippy `disallowed-methods`), readers are
-//!   `query_only`, and `serve` holds `<db>.lock` so a second server refuses to start.
+//! - Only the writer thread writes. `db.rs` is the only module allowed to call `Connection::open*`
+//!   (clippy `disallowed-methods`); readers are `query_only`; the checkpointer's connection is
+//!   `query_only` too (it copies committed WAL pages into the file, SQLite refuses that to a
+//!   read-only-opened connection); `serve` holds `<db>.lock` so a second server refuses to start,
+//!   and CLI commands that write (`replay --rebuild`, `check`'s migration) take the same lock.
 //! - A 2xx to Stripe means the event's transaction has committed with `synchronous=FULL`. Any
 //!   storage trouble answers 503 with `Retry-After`, never 2xx.
 //! - A rejected request (signature, body, method, path, size) writes nothing.
 //! - `events` is ground truth: the raw body bytes exactly as received, one row per event id;
 //!   repeated deliveries only increment `deliveries`.
+//! - `objects` is derived state: `replay --rebuild` re-creates it from `events`, and the projection
+//!   converges to the same mirror for any delivery order and duplicates (the property test). A
+//!   projection error never loses an event: it is stored with decision `projection_failed`.
 //! - `signature`, `envelope`, `time`, `html` and `form` are pure: no I/O, the clock is passed in.
 //! - The admin never writes except through the writer; every value it shows is HTML-escaped; every
 //!   POST it takes carries a CSRF token; without a password it answers only on loopback.

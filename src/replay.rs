@@ -144,3 +144,65 @@ pub fn rebuild_all(
         .map_err(|e| Error::sqlite("commit rebuild", e))?;
     Ok(stats)
 }
+
+/// How the stored mirror compares with a fresh rebuild from `events`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MirrorCheck {
+    pub objects: u64,
+    /// Object ids whose stored row differs from (or is missing in) the rebuild, first few only.
+    pub differing: Vec<String>,
+    /// How many differ in all.
+    pub differing_count: u64,
+}
+
+/// Rebuilds the mirror inside a savepoint, compares it with what was stored, and rolls the
+/// rebuild back: a report that changes nothing. Needs a connection that may write (the lock held).
+pub fn verify_mirror(conn: &Connection) -> Result<MirrorCheck> {
+    let sql = |e| Error::sqlite("verify mirror", e);
+    conn.execute_batch(
+        "SAVEPOINT verify_mirror;
+         CREATE TEMP TABLE mirror_before AS
+             SELECT id, type, data, deleted, k_created, event_id, uncertain FROM objects;",
+    )
+    .map_err(sql)?;
+    let result = (|| -> Result<MirrorCheck> {
+        conn.execute("DELETE FROM objects", []).map_err(sql)?;
+        let rows: Vec<(i64, Vec<u8>)> = {
+            let mut stmt = conn
+                .prepare("SELECT seq, body FROM events ORDER BY seq")
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(sql)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(sql)?
+        };
+        let now = now_ms();
+        for (seq, body) in &rows {
+            apply_stored(conn, *seq, body, now)?;
+        }
+        let cols = "id, type, data, deleted, k_created, event_id, uncertain";
+        let diff_sql = format!(
+            "SELECT id FROM (SELECT * FROM temp.mirror_before EXCEPT SELECT {cols} FROM main.objects)
+             UNION
+             SELECT id FROM (SELECT {cols} FROM main.objects EXCEPT SELECT * FROM temp.mirror_before)
+             ORDER BY id"
+        );
+        let mut stmt = conn.prepare(&diff_sql).map_err(sql)?;
+        let ids: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(sql)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(sql)?;
+        let objects: i64 = conn
+            .query_row("SELECT COUNT(*) FROM temp.mirror_before", [], |r| r.get(0))
+            .map_err(sql)?;
+        Ok(MirrorCheck {
+            objects: objects as u64,
+            differing_count: ids.len() as u64,
+            differing: ids.into_iter().take(10).collect(),
+        })
+    })();
+    conn.execute_batch("ROLLBACK TO verify_mirror; RELEASE verify_mirror; DROP TABLE IF EXISTS temp.mirror_before;")
+        .map_err(sql)?;
+    result
+}

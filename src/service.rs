@@ -49,7 +49,7 @@ impl Service {
                 max_batch: config.database.max_batch,
             },
         )?;
-        let checkpointer = Checkpointer::start(&database, Duration::from_secs(1))?;
+        let checkpointer = Checkpointer::start(&database, Duration::from_millis(250))?;
         let counters = Arc::new(Counters::default());
 
         let endpoint = Arc::new(Endpoint {

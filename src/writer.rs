@@ -344,10 +344,21 @@ impl State {
         for msg in batch.drain(..) {
             match msg {
                 Msg::Ingest(ingest, reply) => {
-                    let outcome =
-                        in_savepoint(&mut tx, |sp| store_event(sp, &ingest, &mut self.next_seq));
-                    if let Err(e) = &outcome {
-                        log::error!("store event={}: {e}", ingest.envelope.id);
+                    let next_seq = &mut self.next_seq;
+                    let mut outcome =
+                        in_savepoint(&mut tx, |sp| store_event(sp, &ingest, next_seq, true));
+                    if let Err(e) = outcome {
+                        // Store it without the mirror: if that works, the projection was at fault,
+                        // and the event (the ground truth) must not be lost for it.
+                        outcome =
+                            in_savepoint(&mut tx, |sp| store_event(sp, &ingest, next_seq, false));
+                        match &outcome {
+                            Ok(_) => log::error!(
+                                "project event={}: {e}; stored with decision projection_failed",
+                                ingest.envelope.id
+                            ),
+                            Err(e) => log::error!("store event={}: {e}", ingest.envelope.id),
+                        }
                     }
                     pending.push(Pending::Ingest(reply, outcome));
                 }
@@ -394,28 +405,16 @@ fn in_savepoint<T>(tx: &mut Transaction, f: impl FnOnce(&Connection) -> Result<T
     }
 }
 
-/// Applies an event to the mirror inside a savepoint, so that a failure leaves no partial change.
-fn project_in_savepoint(
+/// Inserts the raw event and applies it to the mirror, or counts a repeated delivery of a known id.
+///
+/// With `project` false the mirror is left alone and the decision is `projection_failed`; the
+/// caller uses that, in a fresh savepoint, only after the projection failed.
+fn store_event(
     conn: &Connection,
     ingest: &Ingest,
-    seq: i64,
-) -> rusqlite::Result<&'static str> {
-    conn.execute_batch("SAVEPOINT project")?;
-    let input = replay::input(&ingest.envelope, &ingest.body, seq);
-    match project::apply(conn, &input, ingest.received_at_ms) {
-        Ok(decision) => {
-            conn.execute_batch("RELEASE project")?;
-            Ok(decision.as_str())
-        }
-        Err(e) => {
-            conn.execute_batch("ROLLBACK TO project; RELEASE project")?;
-            Err(e)
-        }
-    }
-}
-
-/// Inserts the raw event and applies it to the mirror, or counts a repeated delivery of a known id.
-fn store_event(conn: &Connection, ingest: &Ingest, next_seq: &mut i64) -> Result<Outcome> {
+    next_seq: &mut i64,
+    project: bool,
+) -> Result<Outcome> {
     let env = &ingest.envelope;
 
     // A known id is a repeated delivery: count it, change nothing else.
@@ -433,19 +432,15 @@ fn store_event(conn: &Connection, ingest: &Ingest, next_seq: &mut i64) -> Result
         return Ok(Outcome::Duplicate { deliveries });
     }
 
-    // Apply it to the mirror. The event is stored even if its projection fails (it is the
-    // ground truth, and a rebuild after a fix re-derives the mirror), unless the failure is the
-    // storage itself, which the INSERT below then meets too.
+    // Apply it to the mirror.
     let seq = *next_seq;
-    let decision = match project_in_savepoint(conn, ingest, seq) {
-        Ok(decision) => decision,
-        Err(e) => {
-            log::error!(
-                "project event={}: {e}; stored with decision projection_failed",
-                env.id
-            );
-            "projection_failed"
-        }
+    let decision = if project {
+        let input = replay::input(env, &ingest.body, seq);
+        project::apply(conn, &input, ingest.received_at_ms)
+            .map_err(|e| Error::sqlite(format!("project event {}", env.id), e))?
+            .as_str()
+    } else {
+        "projection_failed"
     };
 
     // Insert the raw event.
@@ -479,4 +474,89 @@ fn store_event(conn: &Connection, ingest: &Ingest, next_seq: &mut i64) -> Result
     .map_err(|e| Error::sqlite(format!("insert event {}", env.id), e))?;
     *next_seq += 1;
     Ok(Outcome::Stored { seq })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{db, envelope, testevent};
+
+    fn ingest(event_type: &str) -> Ingest {
+        let body =
+            serde_json::to_vec(&testevent::build(event_type, 1_700_000_000).unwrap()).unwrap();
+        Ingest {
+            envelope: envelope::parse(&body).unwrap(),
+            body,
+            secret_index: Some(0),
+            received_at_ms: 1,
+            source: Source::Webhook,
+        }
+    }
+
+    fn start(tag: &str) -> (Writer, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("stripe-inbox-writer-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.db");
+        let conn = db::open_writer(&path).unwrap();
+        (
+            Writer::start(
+                conn,
+                WriterConfig {
+                    queue_capacity: 16,
+                    max_batch: 8,
+                },
+            )
+            .unwrap(),
+            dir,
+        )
+    }
+
+    #[test]
+    fn stores_counts_duplicates_and_numbers_arrivals() {
+        let (writer, dir) = start("dup");
+        let handle = writer.handle();
+        let first = ingest("customer.created");
+        let again = Ingest {
+            envelope: first.envelope.clone(),
+            body: first.body.clone(),
+            ..ingest("customer.created")
+        };
+        assert_eq!(handle.ingest(first).unwrap(), Outcome::Stored { seq: 1 });
+        assert_eq!(
+            handle.ingest(again).unwrap(),
+            Outcome::Duplicate { deliveries: 2 }
+        );
+        assert_eq!(
+            handle.ingest(ingest("invoice.paid")).unwrap(),
+            Outcome::Stored { seq: 2 }
+        );
+        assert_eq!(handle.stats().events.load(Ordering::Relaxed), 2);
+        assert_eq!(handle.stats().duplicates.load(Ordering::Relaxed), 1);
+        writer.stop();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_transaction_that_cannot_begin_fails_its_waiters_instead_of_hanging() {
+        let (writer, dir) = start("begin");
+        let handle = writer.handle();
+        // query_only makes BEGIN IMMEDIATE fail for every later batch.
+        handle
+            .run(Box::new(|conn| {
+                conn.execute_batch("PRAGMA query_only = ON")
+                    .map_err(|e| Error::sqlite("x", e))
+            }))
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = handle.clone();
+        std::thread::spawn(move || tx.send(h.ingest(ingest("charge.succeeded"))).unwrap());
+        let outcome = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the waiter must be answered");
+        assert!(matches!(outcome, Err(Error::Unavailable(_))), "{outcome:?}");
+        writer.stop();
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

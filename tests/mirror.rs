@@ -317,3 +317,57 @@ fn read_api_is_off_without_a_token() {
     assert_eq!(reply.status, 404);
     assert!(reply.body.contains("read API is off"));
 }
+
+#[test]
+fn check_compares_the_mirror_with_a_rebuild() {
+    let mut app = TestApp::start();
+    for event in &streams::invoice().events {
+        assert_eq!(post_signed(&app, event.body.as_bytes()), 200);
+    }
+    let config = app.config.file.clone();
+    let check = || {
+        Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+
+    let out = check();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not compared"),
+        "while serving it only reads"
+    );
+    // Damage the mirror behind the rules' back, through the writer.
+    let writer = app.service.as_ref().unwrap().writer();
+    writer
+        .run(Box::new(|conn| {
+            conn.execute("UPDATE objects SET data = '{}' WHERE type = 'invoice'", [])
+                .map(|_| ())
+                .map_err(|e| stripe_inbox::error::Error::sqlite("damage", e))
+        }))
+        .unwrap();
+    app.stop();
+
+    let out = check();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(printed.contains("differ from a rebuild"), "{printed}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replay --rebuild"));
+    assert_eq!(
+        check().status.code(),
+        Some(1),
+        "check reports; it changes nothing"
+    );
+
+    let rebuilt = Command::new(BIN)
+        .args(["replay", "--rebuild", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(rebuilt.status.success());
+    let out = check();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}");
+    assert!(printed.contains("the same as a rebuild"), "{printed}");
+}

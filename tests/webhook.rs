@@ -382,3 +382,64 @@ fn database_error_answers_503_and_recovers() {
     assert_eq!(app.post_signed(&body).status, 200);
     assert_eq!(app.event_count(), 1);
 }
+
+#[test]
+fn a_failing_projection_still_stores_the_event() {
+    let app = TestApp::start();
+    let writer = app.service.as_ref().unwrap().writer();
+    let fail = "CREATE TEMP TRIGGER fail_project BEFORE INSERT ON objects BEGIN SELECT RAISE(ABORT, 'bug'); END;";
+    writer
+        .run(Box::new(move |conn| {
+            conn.execute_batch(fail)
+                .map_err(|e| Error::sqlite("add trigger", e))
+        }))
+        .unwrap();
+    let body = event("customer.created");
+    assert_eq!(
+        app.post_signed(&body).status,
+        200,
+        "the event is ground truth: stored anyway"
+    );
+    let id = event_id(&body);
+    let conn = db::open_read_only(&app.db_path()).unwrap();
+    let (decision, object_id): (String, String) = conn
+        .query_row(
+            "SELECT decision, object_id FROM events WHERE id = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(decision, "projection_failed");
+    let objects: i64 = conn
+        .query_row("SELECT COUNT(*) FROM objects", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(objects, 0, "nothing half-written to the mirror");
+
+    // Once the fault is gone, rebuilding the object from its events repairs the mirror.
+    writer
+        .run(Box::new(|conn| {
+            conn.execute_batch("DROP TRIGGER temp.fail_project")
+                .map_err(|e| Error::sqlite("drop", e))
+        }))
+        .unwrap();
+    let oid = object_id.clone();
+    writer
+        .run(Box::new(move |conn| {
+            stripe_inbox::replay::rebuild_object(conn, &oid).map(|n| assert_eq!(n, 1))
+        }))
+        .unwrap();
+    let (decision,): (String,) = conn
+        .query_row("SELECT decision FROM events WHERE id = ?1", [&id], |r| {
+            Ok((r.get(0)?,))
+        })
+        .unwrap();
+    assert_eq!(decision, "applied");
+    let objects: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM objects WHERE id = ?1",
+            [&object_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(objects, 1);
+}
