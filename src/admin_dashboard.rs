@@ -291,7 +291,7 @@ pub fn page(admin: &Admin, viewer: &Viewer) -> Result<Response> {
          <dt>signature failures</dt><dd>{}</dd><dt>refused bodies</dt><dd>{}</dd>\
          <dt>answered 503 (writer busy or failing)</dt><dd>{}</dd>\
          <dt>commits</dt><dd>{} (average {avg_commit_ms:.2} ms, longest {:.1} ms)</dd>\
-         <dt>database pages</dt><dd>{} of {} bytes</dd></dl></div>",
+         <dt>database pages</dt><dd>{} pages of {} bytes</dd></dl></div>",
         html::thousands(c.stored.load(Ordering::Relaxed) as i64),
         html::thousands(c.duplicate.load(Ordering::Relaxed) as i64),
         html::thousands(c.signature_failed.load(Ordering::Relaxed) as i64),
