@@ -40,6 +40,9 @@ pub struct Database {
     pub queue_capacity: usize,
     /// The most events committed in one transaction. Defaults to 512.
     pub max_batch: usize,
+    /// Milliseconds between the passive WAL checkpoints run beside the writer; 0 turns them off
+    /// (when Litestream replicates the file, it checkpoints). Defaults to 1000.
+    pub checkpoint_interval_ms: u64,
 }
 
 /// `[webhook]`
@@ -89,6 +92,7 @@ impl Default for Database {
             path: PathBuf::from("stripe-inbox.db"),
             queue_capacity: 4096,
             max_batch: 512,
+            checkpoint_interval_ms: 1000,
         }
     }
 }
@@ -260,6 +264,7 @@ mod tests {
         assert_eq!(config.webhook.tolerance_secs, 300);
         assert_eq!(config.webhook.max_body_bytes, 1_048_576);
         assert_eq!(config.admin.listen, "127.0.0.1:8081");
+        assert_eq!(config.database.checkpoint_interval_ms, 1000);
     }
 
     #[test]
@@ -284,6 +289,10 @@ mod tests {
             default.webhook.max_connections
         );
         assert_eq!(config.database.max_batch, default.database.max_batch);
+        assert_eq!(
+            config.database.checkpoint_interval_ms,
+            default.database.checkpoint_interval_ms
+        );
         assert_eq!(config.database.path, Path::new("stripe-inbox.db"));
     }
 

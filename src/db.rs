@@ -163,8 +163,13 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts checkpointing `path` every `interval`.
+    /// Starts checkpointing `path` every `interval`; a zero interval starts nothing (`[database]
+    /// checkpoint_interval_ms = 0`, for Litestream), leaving the writer's autocheckpoint fallback.
     pub fn start(path: &Path, interval: Duration) -> Result<Checkpointer> {
+        let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        if interval.is_zero() {
+            return Ok(Checkpointer { stop, thread: None });
+        }
         let what = || format!("open checkpoint connection to {}", path.display());
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn =
@@ -173,7 +178,6 @@ impl Checkpointer {
             .map_err(|e| Error::sqlite(what(), e))?;
         conn.execute_batch("PRAGMA query_only=ON;")
             .map_err(|e| Error::sqlite(what(), e))?;
-        let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())

@@ -46,7 +46,10 @@ impl Service {
                 max_batch: config.database.max_batch,
             },
         )?;
-        let checkpointer = Checkpointer::start(&database, Duration::from_secs(1))?;
+        let checkpointer = Checkpointer::start(
+            &database,
+            Duration::from_millis(config.database.checkpoint_interval_ms),
+        )?;
         let counters = Arc::new(Counters::default());
 
         let endpoint = Arc::new(Endpoint {

@@ -2,5 +2,6 @@
 
 mod support;
 
+mod backup;
 mod cli;
 mod webhook;
