@@ -4,4 +4,5 @@ mod support;
 
 mod backup;
 mod cli;
+mod crash;
 mod webhook;
