@@ -24,6 +24,8 @@ usage: stripe-inbox <command> [options]
 commands:
   serve             receive webhooks and serve the admin listener
   check             validate the config and check the database
+  backup OUT        copy the database consistently while the server runs
+  restore IN        put a backup in place of the database (server stopped)
   send-test-event   build a realistic event, sign it and POST it (a local `stripe trigger`)
 
 Every command takes --config PATH (default: $STRIPE_INBOX_CONFIG, else ./stripe-inbox.toml)
@@ -54,6 +56,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
     match command.as_str() {
         "serve" => run_serve(parser),
         "check" => run_check(parser),
+        "backup" => crate::backup::run_backup(parser),
+        "restore" => crate::backup::run_restore(parser),
         "send-test-event" => run_send_test_event(parser),
         "help" => {
             print!("{USAGE}");
@@ -235,6 +239,11 @@ fn run_check(parser: lexopt::Parser) -> Result<()> {
         }
         problems.push("integrity_check found problems".into());
     }
+    // Hook: the mirror must agree with a rebuild from the events (see backup::mirror_problems).
+    for p in crate::backup::mirror_problems(&conn)? {
+        println!("  mirror: {p}");
+        problems.push(format!("mirror: {p}"));
+    }
     let (events, deliveries, newest): (i64, i64, Option<i64>) = conn
         .query_row(
             "SELECT COUNT(*), COALESCE(SUM(deliveries), 0), MAX(received_at) FROM events",
@@ -348,7 +357,7 @@ fn run_send_test_event(parser: lexopt::Parser) -> Result<()> {
     }
 }
 
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     match n {
         n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
         n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
@@ -382,6 +391,11 @@ mod tests {
             &["serve", "--bogus"],
             &["check", "extra"],
             &["serve", "--config"],
+            &["backup"],
+            &["backup", "--keep", "0", "dir"],
+            &["backup", "a", "b"],
+            &["restore"],
+            &["restore", "--bogus", "x"],
         ] {
             let err = run(args(list)).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{list:?}: {err}");
@@ -396,6 +410,8 @@ mod tests {
             &["serve", "--help"],
             &["check", "-h"],
             &["send-test-event", "--help"],
+            &["backup", "--help"],
+            &["restore", "--help"],
             &["help"],
         ] {
             run(args(list)).unwrap();

@@ -35,6 +35,8 @@
 //! - [`writer`]: the writer thread, [`writer::WriterHandle`], group commit, [`writer::Stats`].
 //! - [`db`]: opens connections (writer, read pool, read-only), migrations from `schema.sql`, the
 //!   `<db>.lock` file lock, integrity checks.
+//! - [`backup`]: `backup` (online backup API, one snapshot, no lock) and `restore` (lock, checks,
+//!   `<db>.tmp`, old file kept as `<db>.before-restore`); the mirror-consistency hook.
 //! - [`admin`]: the admin listener's handlers (`/healthz`).
 //! - [`testevent`]: realistic events from Stripe's example objects (`src/fixtures/`).
 //! - [`time`]: now, RFC 3339 parsing, UTC formatting.
@@ -56,6 +58,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod db;

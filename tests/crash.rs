@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stripe_inbox::db;
+use stripe_inbox::{backup, db};
 
 use crate::support::process::{try_post, Rng, Server};
 use crate::support::{event, event_id, TempDir};
@@ -23,8 +23,9 @@ const TYPES: [&str; 4] = [
 ];
 
 /// Checks that a database is whole and that its events agree with themselves: integrity, one row
-/// per id and per seq, each row's id the id in its body. When the mirror lands, this also checks
-/// that it agrees with a rebuild from the events.
+/// per id and per seq, each row's id the id in its body, and the crate's own mirror check
+/// ([`backup::mirror_problems`]). The mirror's comparison with a rebuild plugs in there, and this
+/// function then checks it too.
 pub fn assert_mirror_consistent(db: &Path) {
     let conn = db::open_read_only(db).unwrap();
     let problems = db::integrity_problems(&conn).unwrap();
@@ -49,6 +50,8 @@ pub fn assert_mirror_consistent(db: &Path) {
         let (id, body) = row.unwrap();
         assert_eq!(event_id(&body), id, "the row's id is its body's id");
     }
+    let mirror = backup::mirror_problems(&conn).unwrap();
+    assert!(mirror.is_empty(), "mirror: {mirror:?}");
 }
 
 /// How many rows hold `id`.
