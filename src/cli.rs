@@ -26,6 +26,7 @@ commands:
   check             validate the config and check the database
   backup OUT        copy the database consistently while the server runs
   restore IN        put a backup in place of the database (server stopped)
+  export            write events as JSON Lines to stdout
   send-test-event   build a realistic event, sign it and POST it (a local `stripe trigger`)
 
 Every command takes --config PATH (default: $STRIPE_INBOX_CONFIG, else ./stripe-inbox.toml)
@@ -58,6 +59,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
         "check" => run_check(parser),
         "backup" => crate::backup::run_backup(parser),
         "restore" => crate::backup::run_restore(parser),
+        "export" => crate::export::run_export(parser),
         "send-test-event" => run_send_test_event(parser),
         "help" => {
             print!("{USAGE}");
@@ -396,6 +398,7 @@ mod tests {
             &["backup", "a", "b"],
             &["restore"],
             &["restore", "--bogus", "x"],
+            &["export", "--since", "yesterday"],
         ] {
             let err = run(args(list)).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{list:?}: {err}");
@@ -412,6 +415,7 @@ mod tests {
             &["send-test-event", "--help"],
             &["backup", "--help"],
             &["restore", "--help"],
+            &["export", "--help"],
             &["help"],
         ] {
             run(args(list)).unwrap();

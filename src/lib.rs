@@ -37,6 +37,7 @@
 //!   `<db>.lock` file lock, integrity checks.
 //! - [`backup`]: `backup` (online backup API, one snapshot, no lock) and `restore` (lock, checks,
 //!   `<db>.tmp`, old file kept as `<db>.before-restore`); the mirror-consistency hook.
+//! - [`export`]: events as JSON Lines, read-only.
 //! - [`admin`]: the admin listener's handlers (`/healthz`).
 //! - [`testevent`]: realistic events from Stripe's example objects (`src/fixtures/`).
 //! - [`time`]: now, RFC 3339 parsing, UTC formatting.
@@ -64,6 +65,7 @@ pub mod config;
 pub mod db;
 pub mod envelope;
 pub mod error;
+pub mod export;
 pub mod http;
 pub mod service;
 pub mod signature;

@@ -2,12 +2,13 @@
 //! owner would use them: a backup under load, a restore round trip, every refusal, retention
 //! through the writer.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stripe_inbox::db;
+use stripe_inbox::{db, export};
 
 use crate::crash::assert_mirror_consistent;
 use crate::support::process::{text, try_post, Server};
@@ -360,6 +361,56 @@ fn restore_refuses_and_then_nothing_has_changed() {
     let run = crate::support::process::run(&["restore", &p(&good)], &config);
     assert!(run.status.success(), "{}", text(&run));
     assert_eq!(count(&fresh.path().join("inbox.db")), 20);
+}
+
+#[test]
+fn export_writes_each_event_as_one_json_line_while_serving() {
+    let dir = TempDir::new("export");
+    let server = Server::start(dir.path(), "", "");
+    let mut bodies = HashMap::new();
+    for i in 0..10 {
+        let body = event(if i < 5 {
+            "invoice.paid"
+        } else {
+            "charge.refunded"
+        });
+        assert_eq!(try_post(server.addr, &body), Some(200));
+        bodies.insert(event_id(&body), body);
+    }
+    let lines = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["export"];
+        all.extend_from_slice(args);
+        let run = server.run(&all);
+        assert!(run.status.success(), "{}", text(&run));
+        String::from_utf8(run.stdout)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let all = lines(&[]);
+    assert_eq!(all.len(), 10);
+    for line in &all {
+        let id = event_id(line.as_bytes());
+        // The body as received, minus whitespace between tokens, and nothing else.
+        assert_eq!(line.as_bytes(), export::minify(&bodies[&id]));
+        let a: serde_json::Value = serde_json::from_str(line).unwrap();
+        let b: serde_json::Value = serde_json::from_slice(&bodies[&id]).unwrap();
+        assert_eq!(a, b);
+    }
+    let invoices = lines(&["--type", "invoice.*"]);
+    assert_eq!(invoices.len(), 5);
+    assert!(invoices
+        .iter()
+        .all(|l| l.contains("\"type\":\"invoice.paid\"")));
+    assert_eq!(lines(&["--type", "invoice.*,*.refunded"]).len(), 10);
+    assert_eq!(lines(&["--type", "customer.*"]).len(), 0);
+    assert_eq!(lines(&["--since", "2100-01-01"]).len(), 0);
+    assert_eq!(lines(&["--until", "2000-01-01"]).len(), 0);
+    assert_eq!(
+        lines(&["--since", "2000-01-01T00:00:00Z", "--until", "4102444800"]).len(),
+        10
+    );
 }
 
 #[test]
