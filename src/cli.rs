@@ -26,6 +26,7 @@ commands:
   check             validate the config and check the database
   backup OUT        copy the database consistently while the server runs
   restore IN        put a backup in place of the database (server stopped)
+  prune             empty the bodies of old events ([retention] body_days)
   export            write events as JSON Lines to stdout
   send-test-event   build a realistic event, sign it and POST it (a local `stripe trigger`)
 
@@ -59,6 +60,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
         "check" => run_check(parser),
         "backup" => crate::backup::run_backup(parser),
         "restore" => crate::backup::run_restore(parser),
+        "prune" => crate::retention::run_prune(parser),
         "export" => crate::export::run_export(parser),
         "send-test-event" => run_send_test_event(parser),
         "help" => {
@@ -398,6 +400,7 @@ mod tests {
             &["backup", "a", "b"],
             &["restore"],
             &["restore", "--bogus", "x"],
+            &["prune", "--older-than"],
             &["export", "--since", "yesterday"],
         ] {
             let err = run(args(list)).unwrap_err();
@@ -415,6 +418,7 @@ mod tests {
             &["send-test-event", "--help"],
             &["backup", "--help"],
             &["restore", "--help"],
+            &["prune", "--help"],
             &["export", "--help"],
             &["help"],
         ] {

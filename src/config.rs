@@ -26,6 +26,7 @@ pub struct Config {
     #[serde(skip)]
     pub file: PathBuf,
     pub database: Database,
+    pub retention: Retention,
     pub webhook: Webhook,
     pub admin: Admin,
 }
@@ -67,6 +68,15 @@ pub struct Webhook {
     pub idle_timeout_secs: u64,
 }
 
+/// `[retention]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Days after which an event's raw body is emptied (its row stays); 0 keeps bodies forever.
+    /// `serve` applies it shortly after start and then daily. Defaults to 0.
+    pub body_days: u32,
+}
+
 /// `[admin]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -80,6 +90,7 @@ impl Default for Config {
         Config {
             file: PathBuf::new(),
             database: Database::default(),
+            retention: Retention::default(),
             webhook: Webhook::default(),
             admin: Admin::default(),
         }
@@ -265,6 +276,7 @@ mod tests {
         assert_eq!(config.webhook.max_body_bytes, 1_048_576);
         assert_eq!(config.admin.listen, "127.0.0.1:8081");
         assert_eq!(config.database.checkpoint_interval_ms, 1000);
+        assert_eq!(config.retention.body_days, 0);
     }
 
     #[test]
@@ -293,6 +305,7 @@ mod tests {
             config.database.checkpoint_interval_ms,
             default.database.checkpoint_interval_ms
         );
+        assert_eq!(config.retention.body_days, default.retention.body_days);
         assert_eq!(config.database.path, Path::new("stripe-inbox.db"));
     }
 

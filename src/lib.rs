@@ -37,6 +37,8 @@
 //!   `<db>.lock` file lock, integrity checks.
 //! - [`backup`]: `backup` (online backup API, one snapshot, no lock) and `restore` (lock, checks,
 //!   `<db>.tmp`, old file kept as `<db>.before-restore`); the mirror-consistency hook.
+//! - [`retention`]: emptying old events' bodies through the writer in small windows; `prune`, and
+//!   the [`retention::Scheduler`] `serve` runs daily.
 //! - [`export`]: events as JSON Lines, read-only.
 //! - [`admin`]: the admin listener's handlers (`/healthz`).
 //! - [`testevent`]: realistic events from Stripe's example objects (`src/fixtures/`).
@@ -46,7 +48,8 @@
 //!
 //! - Only the writer thread writes. Nothing else opens a writable connection: `db.rs` is the only
 //!   module allowed to call `Connection::open*` (clippy `disallowed-methods`), readers are
-//!   `query_only`, and `serve` holds `<db>.lock` so a second server refuses to start.
+//!   `query_only`, and `serve` holds `<db>.lock` so a second server refuses to start. A command
+//!   writes only while it holds that lock (`restore`, `prune`); `backup` and `export` only read.
 //! - A 2xx to Stripe means the event's transaction has committed with `synchronous=FULL`. Any
 //!   storage trouble answers 503 with `Retry-After`, never 2xx.
 //! - A rejected request (signature, body, method, path, size) writes nothing.
@@ -67,6 +70,7 @@ pub mod envelope;
 pub mod error;
 pub mod export;
 pub mod http;
+pub mod retention;
 pub mod service;
 pub mod signature;
 pub mod testevent;

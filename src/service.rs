@@ -15,11 +15,16 @@ use crate::config::Config;
 use crate::db::{self, Checkpointer, Lock};
 use crate::error::{Error, Result};
 use crate::http::{Server, ServerConfig};
+use crate::retention::Scheduler;
 use crate::webhook::{Counters, Endpoint};
 use crate::writer::{Writer, WriterConfig};
 
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// When `[retention]` first runs after start (after the burst of retries a restart brings), and
+/// how often after that.
+const RETENTION_FIRST: Duration = Duration::from_secs(60);
+const RETENTION_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// The running service.
 pub struct Service {
@@ -27,6 +32,7 @@ pub struct Service {
     admin: Server,
     writer: Writer,
     checkpointer: Checkpointer,
+    retention: Scheduler,
     lock: Lock,
     database: PathBuf,
 }
@@ -100,6 +106,22 @@ impl Service {
                 ));
             }
         };
+        let retention = match Scheduler::start(
+            &database,
+            writer.handle(),
+            config.retention.body_days,
+            RETENTION_FIRST,
+            RETENTION_EVERY,
+        ) {
+            Ok(retention) => retention,
+            Err(e) => {
+                webhook.shutdown(Duration::from_secs(1));
+                admin.shutdown(Duration::from_secs(1));
+                checkpointer.stop();
+                writer.stop();
+                return Err(e);
+            }
+        };
         log::info!(
             "listening webhook=http://{}{} admin=http://{}/ database={} lock={}",
             webhook.local_addr(),
@@ -113,6 +135,7 @@ impl Service {
             admin,
             writer,
             checkpointer,
+            retention,
             lock,
             database,
         })
@@ -140,6 +163,7 @@ impl Service {
         self.admin.shutdown(Duration::from_secs(2));
         // The admin handler (and its read pool) went with the admin server; the writer commits
         // whatever is still queued, then its connection, the last one, closes and checkpoints.
+        self.retention.stop();
         self.checkpointer.stop();
         self.writer.stop();
         log::info!("stopped database={}", self.database.display());

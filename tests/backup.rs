@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use stripe_inbox::retention::Scheduler;
 use stripe_inbox::{db, export};
 
 use crate::crash::assert_mirror_consistent;
@@ -361,6 +362,150 @@ fn restore_refuses_and_then_nothing_has_changed() {
     let run = crate::support::process::run(&["restore", &p(&good)], &config);
     assert!(run.status.success(), "{}", text(&run));
     assert_eq!(count(&fresh.path().join("inbox.db")), 20);
+}
+
+#[test]
+fn prune_refuses_while_serving_then_empties_only_old_bodies() {
+    let dir = TempDir::new("prune");
+    let mut server = Server::start(dir.path(), "", "");
+    let mut bodies = HashMap::new();
+    for i in 0..60 {
+        let body = event(if i % 2 == 0 {
+            "invoice.paid"
+        } else {
+            "customer.updated"
+        });
+        assert_eq!(try_post(server.addr, &body), Some(200));
+        bodies.insert(event_id(&body), body);
+    }
+    let run = server.run(&["prune", "--older-than", "90d", "--dry-run"]);
+    assert!(run.status.success(), "{}", text(&run));
+    assert!(text(&run).contains("would prune 0"), "{}", text(&run));
+    let run = server.run(&["prune", "--older-than", "90d"]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        text(&run).contains("applies [retention] body_days itself"),
+        "{}",
+        text(&run)
+    );
+    let run = server.run(&["prune", "--older-than", "1h"]);
+    assert_eq!(run.status.code(), Some(2), "{}", text(&run));
+    assert!(server.terminate().success());
+
+    // Make the first 40 a hundred days old (the test stands in for time passing).
+    {
+        let _lock = db::Lock::acquire(&server.db).unwrap();
+        let conn = db::open_writer(&server.db).unwrap();
+        conn.execute(
+            "UPDATE events SET received_at = received_at - 100 * 86400000 WHERE seq <= 40",
+            [],
+        )
+        .unwrap();
+    }
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let size_before = size(&server.db);
+    let run = server.run(&["prune", "--older-than", "90d"]);
+    assert!(run.status.success(), "{}", text(&run));
+    assert!(
+        text(&run).contains("pruned 40 event bodies"),
+        "{}",
+        text(&run)
+    );
+    assert!(
+        size(&server.db) < size_before,
+        "{} -> {}",
+        size_before,
+        size(&server.db)
+    );
+    let run = server.run(&["prune", "--older-than", "90d"]);
+    assert!(
+        text(&run).contains("pruned 0 event bodies"),
+        "{}",
+        text(&run)
+    );
+
+    let conn = db::open_read_only(&server.db).unwrap();
+    let mut stmt = conn.prepare("SELECT id, seq, body FROM events").unwrap();
+    let rows: Vec<(String, i64, Vec<u8>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 60, "rows stay");
+    for (id, seq, body) in rows {
+        if seq <= 40 {
+            assert!(body.is_empty(), "{id} was pruned");
+        } else {
+            assert_eq!(body, bodies[&id], "{id} is untouched");
+        }
+    }
+    let free: i64 = conn
+        .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(free, 0, "the space went back to the file system");
+    assert_mirror_consistent(&server.db);
+
+    let run = server.run(&["export"]);
+    assert_eq!(String::from_utf8_lossy(&run.stdout).lines().count(), 20);
+    assert!(text(&run).contains("40 more skipped"), "{}", text(&run));
+}
+
+#[test]
+fn serve_prunes_through_its_writer_while_taking_webhooks() {
+    let mut app = TestApp::start();
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        let body = event("invoice.paid");
+        assert_eq!(app.post_signed(&body).status, 200);
+        ids.push(event_id(&body));
+    }
+    let writer = app.service.as_ref().unwrap().writer();
+    writer
+        .run(Box::new(|conn| {
+            conn.execute(
+                "UPDATE events SET received_at = received_at - 100 * 86400000 WHERE seq <= 20",
+                [],
+            )
+            .map(|_| ())
+            .map_err(|e| stripe_inbox::error::Error::sqlite("age events", e))
+        }))
+        .unwrap();
+    let scheduler = Scheduler::start(
+        &app.db_path(),
+        writer,
+        90,
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    for _ in 0..10 {
+        assert_eq!(app.post_signed(&event("charge.refunded")).status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pruned = || {
+        db::open_read_only(&app.db_path())
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE length(body) = 0",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+    };
+    while pruned() < 20 {
+        assert!(Instant::now() < deadline, "retention did not run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    scheduler.stop();
+    assert_eq!(pruned(), 20);
+    assert_eq!(app.event_count(), 40);
+
+    // A service with [retention] set stops promptly while its first pass is still ahead.
+    app.stop();
+    let mut app = TestApp::start_with("[retention]\nbody_days = 90");
+    let stopping = Instant::now();
+    app.stop();
+    assert!(stopping.elapsed() < Duration::from_secs(5));
 }
 
 #[test]
