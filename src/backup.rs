@@ -8,7 +8,10 @@
 //! [`STEP_PAGES`] pages with a short pause between them, flushed to disk every [`SYNC_EVERY`]
 //! bytes rather than in one go at the end, checked, and only then renamed into place. While a
 //! backup runs the server's checkpoints cannot pass its snapshot, so the `-wal` file grows by what
-//! is written meanwhile and is folded back in once the backup is done.
+//! is written meanwhile; the backup folds it in itself as soon as the copy is done, from a
+//! `query_only` connection. Left to the server, the writer's fallback checkpoint did it inside a
+//! commit, and that was the longest ingest stall a backup caused (90-210 ms on a 4 GB copy at
+//! 200 events/s; 40 ms since).
 //!
 //! A restore writes: it takes the database lock (refusing while a server runs), and never
 //! overwrites what it replaces (the previous file becomes `<db>.before-restore`).
@@ -87,6 +90,8 @@ enum Check {
 ///    this snapshot, whatever the server commits meanwhile.
 /// 3. Copies it into `out.tmp` (a stale one is removed first) with SQLite's online backup API,
 ///    [`STEP_PAGES`] at a time with [`STEP_PAUSE`] between steps, flushing every [`SYNC_EVERY`].
+///    Then ends the snapshot and runs a passive checkpoint of the live database (best effort: it
+///    only copies pages the server has committed, and a failure only leaves that to the server).
 /// 4. Makes the copy one self-contained file, runs `PRAGMA integrity_check` on it and reads its
 ///    schema version and event count (and asks [`mirror_problems`]).
 /// 5. fsyncs it, renames it to `out` and fsyncs the directory.
@@ -130,6 +135,8 @@ pub fn backup(
     })
     .map_err(snapshot)?;
 
+    // Opened now, so that the checkpoint follows the end of the snapshot at once.
+    let checkpointer = db::open_checkpointer(database).ok();
     let result = (|| {
         // 3. Copy it.
         let mut progress = Progress::new("backup", show_progress);
@@ -137,8 +144,14 @@ pub fn backup(
         let dst = copy_to(&src, &tmp, Some(STEP_PAUSE), &mut progress)?;
         let copy = copy_started.elapsed();
         progress.finish();
-        // The snapshot is no longer needed: let the server's checkpoints catch up.
+        // The snapshot is no longer needed. The WAL grew behind it; fold it in from here, at
+        // once, so that the server's writer does not do it inside one of its commits.
         let _ = src.execute_batch("COMMIT");
+        if let Some(conn) = &checkpointer {
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                log::debug!("backup: checkpoint after the copy: {e}");
+            }
+        }
 
         // 4. Check the copy.
         let check_started = Instant::now();

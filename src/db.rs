@@ -170,14 +170,7 @@ impl Checkpointer {
         if interval.is_zero() {
             return Ok(Checkpointer { stop, thread: None });
         }
-        let what = || format!("open checkpoint connection to {}", path.display());
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn =
-            Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(what(), e))?;
-        conn.busy_timeout(Duration::from_millis(100))
-            .map_err(|e| Error::sqlite(what(), e))?;
-        conn.execute_batch("PRAGMA query_only=ON;")
-            .map_err(|e| Error::sqlite(what(), e))?;
+        let conn = open_checkpointer(path)?;
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
@@ -210,6 +203,21 @@ impl Checkpointer {
             let _ = thread.join();
         }
     }
+}
+
+/// Opens a connection that can run `PRAGMA wal_checkpoint` and nothing else that writes: opened
+/// read-write (SQLite refuses to checkpoint from a read-only-opened connection), then `query_only`.
+/// A checkpoint only copies pages the writer has already committed. Used by [`Checkpointer`], and
+/// by `backup` to fold in, itself, the WAL that grew while it held its snapshot.
+pub fn open_checkpointer(path: &Path) -> Result<Connection> {
+    let what = || format!("open checkpoint connection to {}", path.display());
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(what(), e))?;
+    conn.busy_timeout(Duration::from_millis(100))
+        .map_err(|e| Error::sqlite(what(), e))?;
+    conn.execute_batch("PRAGMA query_only=ON;")
+        .map_err(|e| Error::sqlite(what(), e))?;
+    Ok(conn)
 }
 
 /// The database's schema version (`PRAGMA user_version`).
