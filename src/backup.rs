@@ -82,6 +82,18 @@ enum Check {
     Quick,
 }
 
+/// How [`backup`] runs.
+#[derive(Debug, Clone, Copy)]
+pub struct BackupOptions {
+    /// Replace `out` if it exists.
+    pub force: bool,
+    /// Draw a progress bar when stderr is a terminal.
+    pub progress: bool,
+    /// Checkpoint the live database right after the copy (not when Litestream does the
+    /// checkpoints: `[database] checkpoint_interval_ms = 0`).
+    pub checkpoint: bool,
+}
+
 /// Copies the database at `database` to `out`, consistently, while a server may be writing to it.
 ///
 /// 1. Refuses when `database` is missing, when `out` is the database itself, and when `out` exists
@@ -90,20 +102,16 @@ enum Check {
 ///    this snapshot, whatever the server commits meanwhile.
 /// 3. Copies it into `out.tmp` (a stale one is removed first) with SQLite's online backup API,
 ///    [`STEP_PAGES`] at a time with [`STEP_PAUSE`] between steps, flushing every [`SYNC_EVERY`].
-///    Then ends the snapshot and runs a passive checkpoint of the live database (best effort: it
-///    only copies pages the server has committed, and a failure only leaves that to the server).
+///    Then ends the snapshot and, if `opts.checkpoint`, runs a passive checkpoint of the live
+///    database (best effort: it only copies pages the server has committed, and a failure only
+///    leaves that to the server).
 /// 4. Makes the copy one self-contained file, runs `PRAGMA integrity_check` on it and reads its
 ///    schema version and event count (and asks [`mirror_problems`]).
 /// 5. fsyncs it, renames it to `out` and fsyncs the directory.
 ///
 /// A failure in steps 2 to 5 removes `out.tmp`; `out` is never left half-written, and the live
 /// database is only ever read.
-pub fn backup(
-    database: &Path,
-    out: &Path,
-    force: bool,
-    show_progress: bool,
-) -> Result<BackupReport> {
+pub fn backup(database: &Path, out: &Path, opts: &BackupOptions) -> Result<BackupReport> {
     let started = Instant::now();
     // 1. Refuse what would lose something.
     if !database.is_file() {
@@ -118,7 +126,7 @@ pub fn backup(
             "give another file, or a directory: stripe-inbox backup --keep 7 /var/backups/stripe-inbox",
         ));
     }
-    if out.exists() && !force {
+    if out.exists() && !opts.force {
         return Err(Error::refused(
             format!("backup {}: file exists", out.display()),
             "add --force to replace it, or back up into a directory with --keep N",
@@ -136,10 +144,13 @@ pub fn backup(
     .map_err(snapshot)?;
 
     // Opened now, so that the checkpoint follows the end of the snapshot at once.
-    let checkpointer = db::open_checkpointer(database).ok();
+    let checkpointer = opts
+        .checkpoint
+        .then(|| db::open_checkpointer(database).ok())
+        .flatten();
     let result = (|| {
         // 3. Copy it.
-        let mut progress = Progress::new("backup", show_progress);
+        let mut progress = Progress::new("backup", opts.progress);
         let copy_started = Instant::now();
         let dst = copy_to(&src, &tmp, Some(STEP_PAUSE), &mut progress)?;
         let copy = copy_started.elapsed();
@@ -785,7 +796,12 @@ pub fn run_backup(mut parser: lexopt::Parser) -> Result<()> {
     } else {
         out.clone()
     };
-    let report = backup(database, &target, force && !into_dir, true)?;
+    let opts = BackupOptions {
+        force: force && !into_dir,
+        progress: true,
+        checkpoint: config.database.checkpoint_interval_ms > 0,
+    };
+    let report = backup(database, &target, &opts)?;
     let copy_secs = report.copy.as_secs_f64().max(0.001);
     println!(
         "backed up {} to {}: {}, {} events, schema version {}, in {:.1} s (copy {:.1} s at \
