@@ -321,6 +321,22 @@ fn full_queue_answers_503_with_retry_after() {
         )
         .status
     });
+    // Wait until that request is queued: sent first, this loop's own request would take the one
+    // place in the queue and wait for the parked writer until its read timed out.
+    let stats = app.service.as_ref().unwrap().writer();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while stats
+        .stats()
+        .queued
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first request never queued"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut refused = None;
     while std::time::Instant::now() < deadline {
