@@ -35,8 +35,9 @@
 //! - [`writer`]: the writer thread, [`writer::WriterHandle`], group commit, [`writer::Stats`].
 //! - [`db`]: opens connections (writer, read pool, read-only), migrations from `schema.sql`, the
 //!   `<db>.lock` file lock, integrity checks.
-//! - [`backup`]: `backup` (online backup API, one snapshot, no lock) and `restore` (lock, checks,
-//!   `<db>.tmp`, old file kept as `<db>.before-restore`); the mirror-consistency hook.
+//! - [`backup`]: `backup` (online backup API, one snapshot, no lock), the copying and checking it
+//!   shares with `restore`, and the mirror-consistency hook.
+//! - [`restore`]: `restore` (lock, checks, `<db>.tmp`, old file kept as `<db>.before-restore`).
 //! - [`retention`]: emptying old events' bodies through the writer in small windows; `prune`, and
 //!   the [`retention::Scheduler`] `serve` runs daily.
 //! - [`export`]: events as JSON Lines, read-only.
@@ -70,6 +71,7 @@ pub mod envelope;
 pub mod error;
 pub mod export;
 pub mod http;
+pub mod restore;
 pub mod retention;
 pub mod service;
 pub mod signature;
