@@ -758,6 +758,7 @@ mod tests {
             Report::default(),
             "a second pass finds nothing"
         );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]
@@ -781,6 +782,7 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM deleted", [], |r| r.get(0))
             .unwrap();
         assert_eq!(fired, 0, "no row was deleted");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]
