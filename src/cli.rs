@@ -26,6 +26,10 @@ usage: stripe-inbox <command> [options]
 commands:
   serve             receive webhooks and serve the admin listener
   check             validate the config and check the database
+  backup OUT        copy the database consistently while the server runs
+  restore IN        put a backup in place of the database (server stopped)
+  prune             empty the bodies of old events ([retention] body_days)
+  export            write events as JSON Lines to stdout
   send-test-event   build a realistic event, sign it and POST it (a local `stripe trigger`)
   replay --rebuild  rebuild the whole mirror from the stored events
   object ID         show a mirrored object and every event that touched it, with decisions
@@ -58,6 +62,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
     match command.as_str() {
         "serve" => run_serve(parser),
         "check" => run_check(parser),
+        "backup" => crate::backup::run_backup(parser),
+        "restore" => crate::restore::run_restore(parser),
+        "prune" => crate::retention::run_prune(parser),
+        "export" => crate::export::run_export(parser),
         "send-test-event" => run_send_test_event(parser),
         "replay" => run_replay(parser),
         "object" => run_object(parser),
@@ -259,6 +267,11 @@ fn run_check(parser: lexopt::Parser) -> Result<()> {
             println!("    {p}");
         }
         problems.push("integrity_check found problems".into());
+    }
+    // Hook: the mirror must agree with a rebuild from the events (see backup::mirror_problems).
+    for p in crate::backup::mirror_problems(&conn)? {
+        println!("  mirror: {p}");
+        problems.push(format!("mirror: {p}"));
     }
     let (events, deliveries, newest): (i64, i64, Option<i64>) = conn
         .query_row(
@@ -596,7 +609,7 @@ impl Progress {
     }
 }
 
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     match n {
         n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
         n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
@@ -630,6 +643,13 @@ mod tests {
             &["serve", "--bogus"],
             &["check", "extra"],
             &["serve", "--config"],
+            &["backup"],
+            &["backup", "--keep", "0", "dir"],
+            &["backup", "a", "b"],
+            &["restore"],
+            &["restore", "--bogus", "x"],
+            &["prune", "--older-than"],
+            &["export", "--since", "yesterday"],
         ] {
             let err = run(args(list)).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{list:?}: {err}");
@@ -644,6 +664,10 @@ mod tests {
             &["serve", "--help"],
             &["check", "-h"],
             &["send-test-event", "--help"],
+            &["backup", "--help"],
+            &["restore", "--help"],
+            &["prune", "--help"],
+            &["export", "--help"],
             &["help"],
         ] {
             run(args(list)).unwrap();

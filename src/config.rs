@@ -26,6 +26,7 @@ pub struct Config {
     #[serde(skip)]
     pub file: PathBuf,
     pub database: Database,
+    pub retention: Retention,
     pub webhook: Webhook,
     pub admin: Admin,
     pub api: Api,
@@ -71,6 +72,9 @@ pub struct Database {
     pub queue_capacity: usize,
     /// The most events committed in one transaction. Defaults to 512.
     pub max_batch: usize,
+    /// Milliseconds between the passive WAL checkpoints run beside the writer; 0 turns them off
+    /// (when Litestream replicates the file, it checkpoints). Defaults to 250.
+    pub checkpoint_interval_ms: u64,
 }
 
 /// `[webhook]`
@@ -95,6 +99,15 @@ pub struct Webhook {
     pub idle_timeout_secs: u64,
 }
 
+/// `[retention]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Days after which an event's raw body is emptied (its row stays); 0 keeps bodies forever.
+    /// `serve` applies it shortly after start and then daily. Defaults to 0.
+    pub body_days: u32,
+}
+
 /// `[admin]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -113,6 +126,7 @@ impl Default for Config {
         Config {
             file: PathBuf::new(),
             database: Database::default(),
+            retention: Retention::default(),
             webhook: Webhook::default(),
             admin: Admin::default(),
             api: Api::default(),
@@ -126,6 +140,7 @@ impl Default for Database {
             path: PathBuf::from("stripe-inbox.db"),
             queue_capacity: 4096,
             max_batch: 512,
+            checkpoint_interval_ms: 250,
         }
     }
 }
@@ -323,6 +338,8 @@ mod tests {
         assert_eq!(config.admin.listen, "127.0.0.1:8081");
         assert_eq!(config.admin.password_env, "STRIPE_INBOX_ADMIN_PASSWORD");
         assert!(!config.admin.cookie_secure);
+        assert_eq!(config.database.checkpoint_interval_ms, 250);
+        assert_eq!(config.retention.body_days, 0);
     }
 
     #[test]
@@ -347,6 +364,11 @@ mod tests {
             default.webhook.max_connections
         );
         assert_eq!(config.database.max_batch, default.database.max_batch);
+        assert_eq!(
+            config.database.checkpoint_interval_ms,
+            default.database.checkpoint_interval_ms
+        );
+        assert_eq!(config.retention.body_days, default.retention.body_days);
         assert_eq!(config.database.path, Path::new("stripe-inbox.db"));
     }
 

@@ -109,6 +109,39 @@ pub fn open_memory() -> Result<Connection> {
     Ok(conn)
 }
 
+/// Opens a file that receives a copy of a database (a backup's `OUT.tmp`, a restore's
+/// `<db>.tmp`): read-write, created if missing, nothing migrated. Never the live database, whose one
+/// writer is the writer thread: callers pass a path of their own making.
+pub fn open_copy_target(path: &Path) -> Result<Connection> {
+    let what = || format!("open copy {}", path.display());
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(what(), e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| Error::sqlite(what(), e))?;
+    Ok(conn)
+}
+
+/// Opens an existing database read-write without migrating it, for maintenance by a command that
+/// holds `lock` (so no server is writing): restore checkpoints the old file through it before
+/// moving it away. Fails unless `lock` is the lock of `path`.
+pub fn open_locked(path: &Path, lock: &Lock) -> Result<Connection> {
+    let what = || format!("open database {}", path.display());
+    if lock.path() != lock_path(&resolve(path)) {
+        return Err(Error::Other(format!(
+            "{}: the lock held is {}, not this database's",
+            what(),
+            lock.path().display()
+        )));
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(what(), e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| Error::sqlite(what(), e))?;
+    Ok(conn)
+}
+
 /// A pool of `query_only` connections for readers.
 pub fn read_pool(path: &Path, size: u32) -> Result<ReadPool> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -139,17 +172,14 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts checkpointing `path` every `interval`.
+    /// Starts checkpointing `path` every `interval`; a zero interval starts nothing (`[database]
+    /// checkpoint_interval_ms = 0`, for Litestream), leaving the writer's autocheckpoint fallback.
     pub fn start(path: &Path, interval: Duration) -> Result<Checkpointer> {
-        let what = || format!("open checkpoint connection to {}", path.display());
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn =
-            Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(what(), e))?;
-        conn.busy_timeout(Duration::from_millis(100))
-            .map_err(|e| Error::sqlite(what(), e))?;
-        conn.execute_batch("PRAGMA query_only=ON;")
-            .map_err(|e| Error::sqlite(what(), e))?;
         let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        if interval.is_zero() {
+            return Ok(Checkpointer { stop, thread: None });
+        }
+        let conn = open_checkpointer(path)?;
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
@@ -181,6 +211,12 @@ impl Checkpointer {
     }
 }
 
+/// Sets the writer connection's own WAL autocheckpoint threshold, in frames.
+pub fn set_autocheckpoint(conn: &Connection, frames: i64) -> Result<()> {
+    conn.pragma_update(None, "wal_autocheckpoint", frames)
+        .map_err(|e| Error::sqlite("set wal_autocheckpoint", e))
+}
+
 /// WAL frames (4 KiB pages) past which the checkpointer makes the writer start the WAL afresh.
 const RESTART_FRAMES: i64 = 8192;
 
@@ -204,6 +240,21 @@ fn checkpoint_once(conn: &Connection) {
         Ok(_) => {}
         Err(e) => log::debug!("passive checkpoint: {e}"),
     }
+}
+
+/// Opens a connection that can run `PRAGMA wal_checkpoint` and nothing else that writes: opened
+/// read-write (SQLite refuses to checkpoint from a read-only-opened connection), then `query_only`.
+/// A checkpoint only copies pages the writer has already committed. Used by [`Checkpointer`], and
+/// by `backup` to fold in, itself, the WAL that grew while it held its snapshot.
+pub fn open_checkpointer(path: &Path) -> Result<Connection> {
+    let what = || format!("open checkpoint connection to {}", path.display());
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(what(), e))?;
+    conn.busy_timeout(Duration::from_millis(100))
+        .map_err(|e| Error::sqlite(what(), e))?;
+    conn.execute_batch("PRAGMA query_only=ON;")
+        .map_err(|e| Error::sqlite(what(), e))?;
+    Ok(conn)
 }
 
 /// The database's schema version (`PRAGMA user_version`).
@@ -266,7 +317,8 @@ pub struct Lock {
 impl Lock {
     /// Takes the lock or says who holds it.
     pub fn acquire(database: &Path) -> Result<Lock> {
-        let path = lock_path(database);
+        // Through symlinks and `..`: two paths to one file must meet at one lock.
+        let path = lock_path(&resolve(database));
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("create directory {}", dir.display()), e))?;
@@ -317,6 +369,22 @@ impl Lock {
             Err(Error::Locked { holder, .. }) => Some(holder),
             _ => None,
         }
+    }
+}
+
+/// The database's real path, through symlinks, also when the file does not exist yet (its
+/// directory is resolved then); the path as given when not even the directory exists.
+pub fn resolve(database: &Path) -> PathBuf {
+    if let Ok(real) = database.canonicalize() {
+        return real;
+    }
+    let dir = match database.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match (dir.canonicalize(), database.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => database.to_path_buf(),
     }
 }
 
@@ -387,6 +455,22 @@ mod tests {
         drop(first);
         assert!(Lock::held(&path).is_none());
         Lock::acquire(&path).unwrap();
+    }
+
+    #[test]
+    fn lock_meets_through_a_symlinked_directory() {
+        let dir = tempdir();
+        std::fs::create_dir(dir.join("real")).unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
+        let _first = Lock::acquire(&dir.join("real/s.db")).unwrap();
+        assert!(matches!(
+            Lock::acquire(&dir.join("link/s.db")),
+            Err(Error::Locked { .. })
+        ));
+        assert!(matches!(
+            Lock::acquire(&dir.join("link/../real/s.db")),
+            Err(Error::Locked { .. })
+        ));
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub enum Error {
     },
     /// Another `stripe-inbox serve` already holds the database.
     Locked { path: PathBuf, holder: String },
+    /// A command declined to do something that could lose data or race a running server (restore
+    /// over an existing database without `--force`, prune while `serve` runs, ...); `hint` says
+    /// how to go on. Nothing was changed.
+    Refused { msg: String, hint: String },
     /// The writer thread is gone or its queue is full; the request should be retried later.
     Unavailable(String),
     /// Anything else, with its full context in the message.
@@ -63,6 +67,14 @@ impl Error {
         }
     }
 
+    /// A refusal with a hint; `main` exits 1 for these.
+    pub fn refused(msg: impl Into<String>, hint: impl Into<String>) -> Error {
+        Error::Refused {
+            msg: msg.into(),
+            hint: hint.into(),
+        }
+    }
+
     /// The process exit code for this error: 2 for usage errors, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -75,6 +87,7 @@ impl Error {
     pub fn hint(&self) -> Option<&str> {
         match self {
             Error::Usage { hint, .. } if !hint.is_empty() => Some(hint),
+            Error::Refused { hint, .. } if !hint.is_empty() => Some(hint),
             Error::SchemaTooNew { .. } => {
                 Some("run the newer stripe-inbox build that wrote this database")
             }
@@ -102,6 +115,7 @@ impl fmt::Display for Error {
             Error::Locked { path, holder } => {
                 write!(f, "database {}: already served by {holder}", path.display())
             }
+            Error::Refused { msg, .. } => write!(f, "{msg}"),
             Error::Unavailable(msg) => write!(f, "writer unavailable: {msg}"),
             Error::Other(msg) => write!(f, "{msg}"),
         }

@@ -54,6 +54,12 @@
 //!   (escaping, frame, stylesheet, JSON viewer, SVG chart); [`form`] (query strings, forms,
 //!   cookies); [`metrics`] (Prometheus text, the writer's histograms).
 //! - [`api`]: the bearer-token read API over the mirror.
+//! - [`backup`]: `backup` (online backup API, one snapshot, no lock), the copying and checking it
+//!   shares with `restore`, and the mirror-consistency hook.
+//! - [`restore`]: `restore` (lock, checks, `<db>.tmp`, old file kept as `<db>.before-restore`).
+//! - [`retention`]: emptying old events' bodies through the writer in small windows; `prune`, and
+//!   the [`retention::Scheduler`] `serve` runs daily.
+//! - [`export`]: events as JSON Lines, read-only.
 //! - [`testevent`]: realistic events from Stripe's example objects (`src/fixtures/`).
 //! - [`time`]: now, RFC 3339 parsing, UTC formatting.
 //!
@@ -62,8 +68,10 @@
 //! - Only the writer thread writes. `db.rs` is the only module allowed to call `Connection::open*`
 //!   (clippy `disallowed-methods`); readers are `query_only`; the checkpointer's connection is
 //!   `query_only` too (it copies committed WAL pages into the file, SQLite refuses that to a
-//!   read-only-opened connection); `serve` holds `<db>.lock` so a second server refuses to start,
-//!   and CLI commands that write (`replay --rebuild`, `check`'s migration) take the same lock.
+//!   read-only-opened connection); `serve` holds `<db>.lock` so a second server refuses to start.
+//!   A command writes only while it holds that lock (`replay --rebuild`, `check`'s migration and
+//!   mirror comparison, `restore`, `prune`); `backup` and `export` only read.
+//! - Pruned events keep their row with an empty `body`; a real body is never empty.
 //! - A 2xx to Stripe means the event's transaction has committed with `synchronous=FULL`. Any
 //!   storage trouble answers 503 with `Retry-After`, never 2xx.
 //! - A rejected request (signature, body, method, path, size) writes nothing.
@@ -86,12 +94,14 @@ pub mod admin_events;
 pub mod admin_objects;
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod envelope;
 pub mod error;
 pub mod event_search;
+pub mod export;
 pub mod form;
 pub mod html;
 pub mod http;
@@ -99,6 +109,8 @@ pub mod metrics;
 pub mod project;
 pub mod project_streams;
 pub mod replay;
+pub mod restore;
+pub mod retention;
 pub mod service;
 pub mod signature;
 pub mod testevent;

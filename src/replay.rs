@@ -28,18 +28,23 @@ pub fn input<'a>(env: &'a Envelope, body: &'a [u8], seq: i64) -> Input<'a> {
     }
 }
 
-/// Applies one stored event (its body as stored, its `seq`) and records the decision.
-fn apply_stored(conn: &Connection, seq: i64, body: &[u8], now: i64) -> Result<Decision> {
+/// Applies one stored event (its body as stored, its `seq`) and records the decision. A pruned
+/// event (empty body, see `retention`) cannot be re-applied: it is skipped and keeps the decision
+/// it was given when it arrived (retention never prunes the event an object's state comes from).
+fn apply_stored(conn: &Connection, seq: i64, body: &[u8], now: i64) -> Result<Option<Decision>> {
+    if body.is_empty() {
+        return Ok(None);
+    }
     let decision = match envelope::parse(body) {
         Ok(env) => project::apply(conn, &input(&env, body, seq), now)
             .map_err(|e| Error::sqlite(format!("project event {}", env.id), e))?,
-        // A pruned or unparsable body cannot be projected; it keeps no decision of its own.
+        // A body that does not parse cannot be projected (the webhook refuses such bodies).
         Err(_) => Decision::NoObject,
     };
     conn.prepare_cached("UPDATE events SET decision = ?2 WHERE seq = ?1")
         .and_then(|mut s| s.execute(params![seq, decision.as_str()]))
         .map_err(|e| Error::sqlite("record decision", e))?;
-    Ok(decision)
+    Ok(Some(decision))
 }
 
 /// Re-applies one stored event to the mirror and returns its decision. Idempotent: an event whose
@@ -55,9 +60,12 @@ pub fn replay_event(conn: &Connection, event_id: &str) -> Result<String> {
         .map_err(|e| Error::sqlite("read event", e))?;
     let (seq, body) =
         row.ok_or_else(|| Error::Other(format!("replay {event_id}: no such event")))?;
-    Ok(apply_stored(conn, seq, &body, now_ms())?
-        .as_str()
-        .to_string())
+    match apply_stored(conn, seq, &body, now_ms())? {
+        Some(decision) => Ok(decision.as_str().to_string()),
+        None => Err(Error::Other(format!(
+            "replay {event_id}: its body was pruned by retention"
+        ))),
+    }
 }
 
 /// Forgets one object and re-derives it from every event about it; returns how many events.

@@ -17,11 +17,16 @@ use crate::config::Config;
 use crate::db::{self, Checkpointer, Lock};
 use crate::error::{Error, Result};
 use crate::http::{Server, ServerConfig};
+use crate::retention::Scheduler;
 use crate::webhook::{Counters, Endpoint};
 use crate::writer::{Writer, WriterConfig};
 
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// When `[retention]` first runs after start (after the burst of retries a restart brings), and
+/// how often after that.
+const RETENTION_FIRST: Duration = Duration::from_secs(60);
+const RETENTION_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// The running service.
 pub struct Service {
@@ -29,6 +34,7 @@ pub struct Service {
     admin: Server,
     writer: Writer,
     checkpointer: Checkpointer,
+    retention: Scheduler,
     lock: Lock,
     database: PathBuf,
 }
@@ -41,6 +47,11 @@ impl Service {
         let database = config.database.path.clone();
         let lock = Lock::acquire(&database)?;
         let conn = db::open_writer(&database)?;
+        if config.database.checkpoint_interval_ms == 0 {
+            // No checkpointer (Litestream checkpoints): the writer's own fallback comes sooner,
+            // at about 40 MB of WAL, as config.example.toml and docs/deploy/litestream.md say.
+            db::set_autocheckpoint(&conn, 10_000)?;
+        }
         let pool = db::read_pool(&database, 4)?;
         let writer = Writer::start(
             conn,
@@ -49,7 +60,10 @@ impl Service {
                 max_batch: config.database.max_batch,
             },
         )?;
-        let checkpointer = Checkpointer::start(&database, Duration::from_millis(250))?;
+        let checkpointer = Checkpointer::start(
+            &database,
+            Duration::from_millis(config.database.checkpoint_interval_ms),
+        )?;
         let counters = Arc::new(Counters::default());
 
         let endpoint = Arc::new(Endpoint {
@@ -129,6 +143,22 @@ impl Service {
                 ));
             }
         };
+        let retention = match Scheduler::start(
+            &database,
+            writer.handle(),
+            config.retention.body_days,
+            RETENTION_FIRST,
+            RETENTION_EVERY,
+        ) {
+            Ok(retention) => retention,
+            Err(e) => {
+                webhook.shutdown(Duration::from_secs(1));
+                admin.shutdown(Duration::from_secs(1));
+                checkpointer.stop();
+                writer.stop();
+                return Err(e);
+            }
+        };
         log::info!(
             "listening webhook=http://{}{} admin=http://{}/ database={} lock={}",
             webhook.local_addr(),
@@ -142,6 +172,7 @@ impl Service {
             admin,
             writer,
             checkpointer,
+            retention,
             lock,
             database,
         })
@@ -169,6 +200,7 @@ impl Service {
         self.admin.shutdown(Duration::from_secs(2));
         // The admin handler (and its read pool) went with the admin server; the writer commits
         // whatever is still queued, then its connection, the last one, closes and checkpoints.
+        self.retention.stop();
         self.checkpointer.stop();
         self.writer.stop();
         log::info!("stopped database={}", self.database.display());

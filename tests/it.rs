@@ -3,7 +3,9 @@
 mod support;
 
 mod admin;
+mod backup;
 mod browser;
 mod cli;
+mod crash;
 mod mirror;
 mod webhook;
