@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
@@ -23,6 +23,15 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::metrics::{Histogram, BATCH_BOUNDS, COMMIT_MICROS_BOUNDS};
 use crate::{project, replay};
+
+/// A commit less than this long ago means the writer is under load.
+const BUSY_WINDOW: Duration = Duration::from_millis(5);
+
+/// How long a writer under load waits for more events before it commits. Measured at a fixed
+/// 3,000 events/s (examples/loadgen.rs): without it nearly every event had a commit of its own,
+/// the server wrote about 60 KB to disk per 2 KB event, and fsync stalls of 100+ ms set a p99 of
+/// 90-135 ms; with 250 µs the p99 was 20 ms. Idle, events are committed at once.
+const LINGER: Duration = Duration::from_micros(250);
 
 /// Where an event came from (stored in `events.source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,18 +250,41 @@ impl State {
     fn run(&mut self, rx: Receiver<Msg>) {
         let mut batch = Vec::with_capacity(self.max_batch);
         let mut stop = false;
+        let mut last_commit = Instant::now() - BUSY_WINDOW;
         while !stop {
             // Wait for the first message, then take whatever else is already queued.
             match rx.recv() {
                 Ok(msg) => batch.push(msg),
                 Err(_) => break,
             }
+            // Under load (the last commit was moments ago), wait a little for company: every
+            // commit writes each page it touched in full, so events that share a commit share
+            // pages, and the disk sees a fraction of the bytes. Idle, commit at once.
+            let linger = if last_commit.elapsed() < BUSY_WINDOW {
+                LINGER
+            } else {
+                Duration::ZERO
+            };
+            let until = Instant::now() + linger;
             while batch.len() < self.max_batch {
-                match rx.try_recv() {
-                    Ok(msg) => batch.push(msg),
-                    Err(_) => break,
+                let left = until.saturating_duration_since(Instant::now());
+                let next = if left.is_zero() {
+                    rx.try_recv().ok()
+                } else {
+                    rx.recv_timeout(left).ok()
+                };
+                match next {
+                    Some(msg) => {
+                        let stop = matches!(msg, Msg::Stop);
+                        batch.push(msg);
+                        if stop {
+                            break;
+                        }
+                    }
+                    None => break,
                 }
             }
+            last_commit = Instant::now();
             self.stats.queued.fetch_sub(
                 batch.iter().filter(|m| !matches!(m, Msg::Stop)).count(),
                 Ordering::Relaxed,
