@@ -13,6 +13,7 @@ use rusqlite::types::Value as SqlValue;
 use serde_json::{json, Value};
 
 use crate::db::ReadPool;
+use crate::form::{decode, decode_path};
 use crate::http::{Request, Response};
 use crate::webhook::error;
 
@@ -47,7 +48,7 @@ impl Api {
         let result = match req.path.strip_prefix("/api/objects") {
             Some("") | Some("/") => self.list(&req.query),
             Some(rest) if rest.starts_with('/') && rest.len() > 1 => {
-                self.one(&percent_decode(&rest[1..]))
+                self.one(&decode_path(&rest[1..]))
             }
             _ => return error(404, "not found"),
         };
@@ -176,36 +177,9 @@ pub fn parse_query(query: &str) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
+            (decode(k), decode(v))
         })
         .collect()
-}
-
-/// Decodes `%XX` escapes and `+` (as a space, form style); invalid escapes stay as they are.
-pub fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -230,9 +204,6 @@ mod tests {
                 ("customer".to_string(), "cus_A".to_string()),
             ]
         );
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-        assert_eq!(percent_decode("a%2Fb"), "a/b");
     }
 
     #[test]
