@@ -5,6 +5,8 @@
 //! queued (up to `max_batch`), applies it all in ONE transaction, commits (WAL, `synchronous=FULL`,
 //! so COMMIT returns only when the WAL is on disk), and only then answers every waiter. Many
 //! requests thus share one fsync, which makes throughput almost independent of the disk's speed.
+//! Under load (the previous commit under 5 ms ago) it waits up to 250 µs for more before it
+//! begins, since events that share a commit share the pages it writes.
 //!
 //! Each message runs inside its own SAVEPOINT, so one bad message fails alone; a failed COMMIT fails
 //! the whole batch and every waiter hears so (the HTTP layer turns that into 503: Stripe retries).
