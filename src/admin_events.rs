@@ -50,15 +50,13 @@ pub fn list(admin: &Admin, req: &Request, viewer: &Viewer) -> Result<Response> {
         body.push_str(": its page lists its subscriptions, invoices and payments.</p>");
     }
     if found.rows.is_empty() {
-        body.push_str("<p class=\"muted\">No events match");
-        if found.limited {
-            let _ = write!(
-                body,
-                " among the {} events examined",
-                html::thousands(found.scanned as i64)
-            );
-        }
-        body.push_str(".</p>");
+        html::no_matches(
+            &mut body,
+            "events",
+            found.limited,
+            found.scanned as u64,
+            "events",
+        );
     } else {
         events_table(&mut body, &found.rows, filter.object.is_none());
     }

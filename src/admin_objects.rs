@@ -368,15 +368,13 @@ pub fn list(admin: &Admin, req: &Request, viewer: &Viewer) -> Result<Response> {
         let _ = write!(body, "<p class=\"muted\">Showing {}.</p>", esc(found.how));
     }
     if found.items.is_empty() {
-        body.push_str("<p class=\"muted\">No objects match");
-        if found.limited {
-            let _ = write!(
-                body,
-                " among the {} examined",
-                html::thousands(found.scanned as i64)
-            );
-        }
-        body.push_str(".</p>");
+        html::no_matches(
+            &mut body,
+            "objects",
+            found.limited,
+            found.scanned as u64,
+            "",
+        );
     } else {
         body.push_str("<div class=\"scroll\"><table><thead><tr><th>Object</th><th>Type</th><th>Summary</th><th class=\"hide-s\">Updated (UTC)</th></tr></thead><tbody>");
         for i in &found.items {

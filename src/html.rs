@@ -184,6 +184,24 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// "No events match." or, when the search stopped at its budget, "No events match among the 20,000
+/// events examined." (`what` is the plural noun; `examined` the noun after the count, or empty).
+pub fn no_matches(body: &mut String, what: &str, limited: bool, scanned: u64, examined: &str) {
+    body.push_str("<p class=\"muted\">No ");
+    body.push_str(what);
+    body.push_str(" match");
+    if limited {
+        body.push_str(" among the ");
+        body.push_str(&thousands(scanned as i64));
+        if !examined.is_empty() {
+            body.push(' ');
+            body.push_str(examined);
+        }
+        body.push_str(" examined");
+    }
+    body.push_str(".</p>");
+}
+
 /// `1,234,567`.
 pub fn thousands(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
