@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 
 use stripe_inbox::config::Config;
 use stripe_inbox::service::Service;
-use stripe_inbox::{db, envelope, project, replay, testevent};
+use stripe_inbox::{db, envelope, project, replay, testevent, writer};
 
 const USAGE: &str = "usage: adminbench [--events N] [--db PATH] [--runs N] [--ingest-cost N]";
 const SPAN_DAYS: i64 = 60;
@@ -452,34 +452,18 @@ fn store(conn: &Connection, body: &[u8], seq: i64, arrive_ms: i64, deliveries: i
     let decision = project::apply(conn, &input, arrive_ms)
         .map(|d| d.as_str())
         .unwrap_or("projection_failed");
-    conn.prepare_cached(
-        "INSERT INTO events (id, seq, type, created, livemode, account, api_version, object_id,
-            object_type, request_id, idempotency_key, thin, body, received_at, last_received_at,
-            deliveries, secret_index, source, decision)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0, 'webhook', ?17)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            env.id,
-            seq,
-            env.event_type,
-            env.created,
-            env.livemode,
-            env.account,
-            env.api_version,
-            env.object_id,
-            env.object_type,
-            env.request_id,
-            env.idempotency_key,
-            env.thin,
-            body,
-            arrive_ms,
-            arrive_ms + (deliveries - 1) * 60_000,
-            deliveries,
-            decision,
-        ])
-    })
-    .expect("insert event");
+    let row = writer::NewEvent {
+        envelope: &env,
+        body,
+        seq,
+        received_at_ms: arrive_ms,
+        last_received_at_ms: arrive_ms + (deliveries - 1) * 60_000,
+        deliveries,
+        secret_index: Some(0),
+        source: writer::Source::Webhook,
+        decision,
+    };
+    writer::insert_event(conn, &row).expect("insert event");
 }
 
 /// Starts the service on `path` and times each page.

@@ -39,7 +39,8 @@
 //! - [`webhook`]: [`webhook::Endpoint`], the webhook route: verify, parse, ingest, answer.
 //! - [`signature`]: Stripe-Signature parsing, verification and signing. Pure.
 //! - [`envelope`]: the event envelope parser ([`envelope::Envelope`]). Pure.
-//! - [`writer`]: the writer thread, [`writer::WriterHandle`], group commit, [`writer::Stats`].
+//! - [`writer`]: the writer thread, [`writer::WriterHandle`], group commit, [`writer::Stats`];
+//!   [`writer::insert_event`] is the one statement that adds an `events` row (the benches share it).
 //! - [`db`]: opens connections (writer, read pool, read-only), migrations from `schema.sql`, the
 //!   `<db>.lock` file lock, integrity checks.
 //! - [`project`]: the projection rules: one event → `objects` ([`project::apply`], decisions,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stripe_inbox::retention::Scheduler;
-use stripe_inbox::{db, export};
+use stripe_inbox::{db, export, writer};
 
 use crate::crash::assert_mirror_consistent;
 use crate::support::process::{text, try_post, Server};
@@ -30,26 +30,23 @@ fn fill(database: &Path, n: usize) -> Vec<String> {
     for i in 0..n {
         let body = event(["invoice.paid", "customer.updated", "charge.refunded"][i % 3]);
         let env = stripe_inbox::envelope::parse(&body).unwrap();
-        tx.execute(
-            "INSERT INTO events (id, seq, type, created, object_id, object_type, body, received_at,
-                last_received_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
-            rusqlite::params![
-                env.id,
-                next + i as i64,
-                env.event_type,
-                env.created,
-                env.object_id,
-                env.object_type,
-                body,
-                stripe_inbox::time::now_ms()
-            ],
-        )
-        .unwrap();
+        let now = stripe_inbox::time::now_ms();
+        let row = writer::NewEvent {
+            envelope: &env,
+            body: &body,
+            seq: next + i as i64,
+            received_at_ms: now,
+            last_received_at_ms: now,
+            deliveries: 1,
+            secret_index: Some(0),
+            source: writer::Source::Webhook,
+            decision: "applied",
+        };
+        writer::insert_event(&tx, &row).unwrap();
         ids.push(env.id);
     }
     tx.commit().unwrap();
-    // Written in bulk past the writer, so derive the mirror for them as the writer would have.
+    // Written in bulk past the writer's thread, so derive the mirror (and each decision) as it would.
     stripe_inbox::replay::rebuild_all(&conn, 100_000, |_, _| {}).unwrap();
     ids
 }
