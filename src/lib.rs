@@ -24,7 +24,7 @@
 //! admin listener ─▶ admin::Admin: auth (session or loopback), then a page ── reads through
 //!                   db::ReadPool (query_only); replay / rebuild go to the writer as a Task;
 //!                   /api/ ─▶ api::Api (/api/objects)
-//! db::Checkpointer: passive WAL checkpoints every 250 ms beside the writer (query_only connection)
+//! db::Checkpointer: WAL checkpoints every 250 ms beside the writer (query_only connection)
 //! CLI replay --rebuild / object / check ─▶ replay (re-derive the mirror from events)
 //! ```
 //!
@@ -41,8 +41,10 @@
 //! - [`envelope`]: the event envelope parser ([`envelope::Envelope`]). Pure.
 //! - [`writer`]: the writer thread, [`writer::WriterHandle`], group commit, [`writer::Stats`];
 //!   [`writer::insert_event`] is the one statement that adds an `events` row (the benches share it).
-//! - [`db`]: opens connections (writer, read pool, read-only), migrations from `schema.sql`, the
-//!   `<db>.lock` file lock, integrity checks.
+//! - [`db`]: opens every connection (writer, read pool, read-only, the checkpointer's, a backup's
+//!   copy target, a locked database for restore), migrations from `schema.sql`, the `<db>.lock`
+//!   file lock, integrity checks, and the [`db::Checkpointer`] (passive every 250 ms, RESTART once
+//!   the WAL is large and fully copied).
 //! - [`project`]: the projection rules: one event → `objects` ([`project::apply`], decisions,
 //!   ordering key, same-second tie-breaks). SQL through the writer's transaction, no other I/O.
 //! - [`project_streams`]: realistic lifecycle streams from Stripe's fixtures, the mirror dump, used
