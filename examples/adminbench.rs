@@ -5,7 +5,7 @@
 //!     [--ingest-cost 100000]
 //! ```
 //!
-//! The fill writes directly through the writer connection (`db::open_writer`) in transactions of
+//! The fill writes directly through the writer connection (`store::open_writer`) in transactions of
 //! 20,000 events, the way the writer stores them (project, then insert with the decision), not over
 //! HTTP, so a million events take about a minute. The history is a shop's: customers sign up
 //! through Checkout, subscribe, get invoiced and pay, some renew, some fail a payment, some
@@ -29,7 +29,9 @@ use serde_json::{json, Value};
 
 use stripe_inbox::config::Config;
 use stripe_inbox::service::Service;
-use stripe_inbox::{db, envelope, project, replay, testevent, writer};
+use stripe_inbox::{
+    event::envelope, event::testevent, mirror::project, mirror::replay, store, store::writer,
+};
 
 const USAGE: &str = "usage: adminbench [--events N] [--db PATH] [--runs N] [--ingest-cost N]";
 const SPAN_DAYS: i64 = 60;
@@ -85,7 +87,7 @@ fn die(msg: &str) -> ! {
 }
 
 fn count(path: &Path) -> i64 {
-    db::open_read_only(path)
+    store::open_read_only(path)
         .and_then(|c| {
             c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
                 .map_err(|e| stripe_inbox::error::Error::sqlite("count", e))
@@ -393,7 +395,7 @@ impl Bodies {
 /// Fills `path` with about `target` events and their mirror, as the writer builds it; returns how
 /// many.
 fn fill(path: &Path, target: u64) -> u64 {
-    let conn = db::open_writer(path).expect("open database");
+    let conn = store::open_writer(path).expect("open database");
     conn.execute_batch("PRAGMA synchronous=OFF;").unwrap();
     let now = stripe_inbox::time::now_ms() / 1000;
     let start = now - SPAN_DAYS * 86_400;
@@ -482,7 +484,7 @@ fn time_pages(dir: &Path, path: &Path, runs: usize) {
     let base = format!("http://{}", service.admin_addr());
 
     // Pick what to look at from the data.
-    let conn = db::open_read_only(path).unwrap();
+    let conn = store::open_read_only(path).unwrap();
     let q = |sql: &str| -> String {
         conn.query_row(sql, [], |r| r.get::<_, String>(0))
             .unwrap_or_default()
@@ -681,7 +683,7 @@ fn measure_ingest_cost(dir: &Path, n: u64) {
         for (v, (_, sql)) in variants.iter().enumerate() {
             let path = dir.join(format!("ingest-{v}.db"));
             let _ = std::fs::remove_file(&path);
-            let conn = db::open_writer(&path).unwrap();
+            let conn = store::open_writer(&path).unwrap();
             conn.execute_batch(sql).unwrap();
             let fts = sql.contains("fts5");
             let started = Instant::now();

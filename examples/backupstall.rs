@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stripe_inbox::{signature, testevent, time};
+use stripe_inbox::{event::signature, event::testevent, time};
 
 const SECRET: &str = "whsec_backupstall";
 
@@ -135,7 +135,7 @@ fn run(args: &Args) -> Result<(), String> {
     let mut server = Command::new(&args.bin)
         .args(["serve", "--config"])
         .arg(&config)
-        .env("RUST_LOG", "warn,stripe_inbox::writer=info")
+        .env("RUST_LOG", "warn,stripe_inbox::store::writer=info")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use rusqlite::params;
-use stripe_inbox::{db, envelope, testevent, time};
+use stripe_inbox::{event::envelope, event::testevent, store, time};
 
 const TYPES: [&str; 8] = [
     "payment_intent.succeeded",
@@ -149,8 +149,8 @@ fn fill(
     days: i64,
 ) -> stripe_inbox::error::Result<()> {
     let started = Instant::now();
-    let _lock = db::Lock::acquire(out)?;
-    let conn = db::open_writer(out)?;
+    let _lock = store::Lock::acquire(out)?;
+    let conn = store::open_writer(out)?;
     let sql = |e| stripe_inbox::error::Error::sqlite("fill", e);
     let first: i64 = conn
         .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM events", [], |r| {

@@ -40,7 +40,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 const WEBHOOK_PATH: &str = "/webhooks/stripe";
-const DEFAULT_SERVER_LOG: &str = "warn,stripe_inbox::writer=info";
+const DEFAULT_SERVER_LOG: &str = "warn,stripe_inbox::store::writer=info";
 /// A fixed-rate connection idle longer than this is reopened before its next request, so the
 /// server's keep-alive idle timeout (15 s by default) never closes it under our feet.
 const MAX_IDLE: Duration = Duration::from_secs(10);
@@ -63,7 +63,7 @@ usage: loadgen [--bin PATH] [--connections N] [--duration SECS] [--rate EVENTS_P
                       case (default 1: each event finds its object at an older second)
   --keep DIR          keep the config, database and server logs in DIR (created; must not
                       exist or be empty) instead of a temporary directory that is removed
-  --server-log FILTER RUST_LOG for the server (default warn,stripe_inbox::writer=info)
+  --server-log FILTER RUST_LOG for the server (default warn,stripe_inbox::store::writer=info)
 ";
 
 // ---------------------------------------------------------------------------------------------

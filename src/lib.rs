@@ -92,31 +92,15 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod admin_dashboard;
-pub mod admin_events;
-pub mod admin_objects;
-pub mod api;
-pub mod auth;
-pub mod backup;
 pub mod cli;
 pub mod config;
-pub mod db;
-pub mod envelope;
 pub mod error;
-pub mod event_search;
-pub mod export;
-pub mod form;
-pub mod html;
+pub mod event;
 pub mod http;
-pub mod metrics;
-pub mod project;
-pub mod project_streams;
-pub mod replay;
-pub mod restore;
-pub mod retention;
+pub mod ingest;
+pub mod mirror;
+pub mod ops;
 pub mod service;
-pub mod signature;
-pub mod testevent;
+pub mod store;
+pub mod testkit;
 pub mod time;
-pub mod webhook;
-pub mod writer;

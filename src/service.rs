@@ -10,16 +10,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::admin::Admin;
-use crate::api::Api;
-use crate::auth::Auth;
+use crate::admin::api::Api;
+use crate::admin::auth::Auth;
+use crate::admin::router::Admin;
 use crate::config::Config;
-use crate::db::{self, Checkpointer, Lock};
 use crate::error::{Error, Result};
 use crate::http::{Server, ServerConfig};
-use crate::retention::Scheduler;
-use crate::webhook::{Counters, Endpoint};
-use crate::writer::{Writer, WriterConfig};
+use crate::ingest::endpoint::{Counters, Endpoint};
+use crate::ops::retention::Scheduler;
+use crate::store::writer::{Writer, WriterConfig};
+use crate::store::{self, Checkpointer, Lock};
 
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -46,13 +46,13 @@ impl Service {
         let admin_password = config.admin_password()?;
         let database = config.database.path.clone();
         let lock = Lock::acquire(&database)?;
-        let conn = db::open_writer(&database)?;
+        let conn = store::open_writer(&database)?;
         if config.database.checkpoint_interval_ms == 0 {
             // No checkpointer (Litestream checkpoints): the writer's own fallback comes sooner,
             // at about 40 MB of WAL, as config.example.toml and docs/deploy/litestream.md say.
-            db::set_autocheckpoint(&conn, 10_000)?;
+            store::set_autocheckpoint(&conn, 10_000)?;
         }
-        let pool = db::read_pool(&database, 4)?;
+        let pool = store::read_pool(&database, 4)?;
         let writer = Writer::start(
             conn,
             WriterConfig {
@@ -187,7 +187,7 @@ impl Service {
     }
 
     /// A handle on the writer, for work that must go through it (and for tests).
-    pub fn writer(&self) -> crate::writer::WriterHandle {
+    pub fn writer(&self) -> crate::store::writer::WriterHandle {
         self.writer.handle()
     }
 

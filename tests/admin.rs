@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use stripe_inbox::admin::event_search::{self, Filter};
 use stripe_inbox::config::Config;
-use stripe_inbox::event_search::{self, Filter};
 use stripe_inbox::service::Service;
-use stripe_inbox::{db, time};
+use stripe_inbox::{store, time};
 
 use crate::support::{
     self, event, event_id, raw, request, Reply, TempDir, TestApp, ADMIN_PASSWORD,
@@ -75,7 +75,7 @@ impl Client {
     fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Reply {
         let body = form
             .iter()
-            .map(|(k, v)| format!("{k}={}", stripe_inbox::html::url_encode(v)))
+            .map(|(k, v)| format!("{k}={}", stripe_inbox::admin::html::url_encode(v)))
             .collect::<Vec<_>>()
             .join("&");
         self.send(
@@ -447,7 +447,7 @@ fn bounded_search_continues_where_it_stopped() {
     for _ in 0..60 {
         ids.push(ingest(&app, &event("payment_intent.succeeded")));
     }
-    let conn = db::open_read_only(&app.db_path()).unwrap();
+    let conn = store::open_read_only(&app.db_path()).unwrap();
     // The oldest event's id, with a budget of 10 rows a page (a walk takes at least a page's
     // worth, 50): the first page finds nothing among the newest 50 and says where it stopped,
     // the second continues from there and finds it.
@@ -490,7 +490,7 @@ fn replay_and_rebuild_are_idempotent() {
     let token = csrf(&page.body);
 
     let mirror = || -> (String, Option<String>, i64) {
-        let conn = db::open_read_only(&app.db_path()).unwrap();
+        let conn = store::open_read_only(&app.db_path()).unwrap();
         conn.query_row(
             "SELECT data, event_id, updated_at FROM objects WHERE id = ?1",
             [object],
@@ -499,7 +499,7 @@ fn replay_and_rebuild_are_idempotent() {
         .unwrap()
     };
     let decision = |id: &str| -> Option<String> {
-        let conn = db::open_read_only(&app.db_path()).unwrap();
+        let conn = store::open_read_only(&app.db_path()).unwrap();
         conn.query_row("SELECT decision FROM events WHERE id = ?1", [id], |r| {
             r.get(0)
         })

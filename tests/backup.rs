@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stripe_inbox::retention::Scheduler;
-use stripe_inbox::{db, export, writer};
+use stripe_inbox::ops::retention::Scheduler;
+use stripe_inbox::{ops::export, store, store::writer};
 
 use crate::crash::assert_mirror_consistent;
 use crate::support::process::{text, try_post, Server};
@@ -18,8 +18,8 @@ use crate::support::{event, event_id, TempDir, TestApp};
 /// Writes `n` realistic events straight into a database no server holds (a test standing in for
 /// history), in one transaction; returns their ids.
 fn fill(database: &Path, n: usize) -> Vec<String> {
-    let _lock = db::Lock::acquire(database).unwrap();
-    let conn = db::open_writer(database).unwrap();
+    let _lock = store::Lock::acquire(database).unwrap();
+    let conn = store::open_writer(database).unwrap();
     let next: i64 = conn
         .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM events", [], |r| {
             r.get(0)
@@ -29,7 +29,7 @@ fn fill(database: &Path, n: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let body = event(["invoice.paid", "customer.updated", "charge.refunded"][i % 3]);
-        let env = stripe_inbox::envelope::parse(&body).unwrap();
+        let env = stripe_inbox::event::envelope::parse(&body).unwrap();
         let now = stripe_inbox::time::now_ms();
         let row = writer::NewEvent {
             envelope: &env,
@@ -47,7 +47,7 @@ fn fill(database: &Path, n: usize) -> Vec<String> {
     }
     tx.commit().unwrap();
     // Written in bulk past the writer's thread, so derive the mirror (and each decision) as it would.
-    stripe_inbox::replay::rebuild_all(&conn, 100_000, |_, _| {}).unwrap();
+    stripe_inbox::mirror::replay::rebuild_all(&conn, 100_000, |_, _| {}).unwrap();
     ids
 }
 
@@ -165,7 +165,7 @@ fn backup_under_load_is_consistent_and_holds_everything_answered_before_it() {
 
     // Consistent, and holding everything answered before it began.
     assert_mirror_consistent(&out);
-    let copy = db::open_read_only(&out).unwrap();
+    let copy = store::open_read_only(&out).unwrap();
     for id in history.iter().chain(&answered_before) {
         assert!(has(&copy, id), "{id} answered before the backup is missing");
     }
@@ -268,7 +268,7 @@ fn restore_round_trip_keeps_the_old_file_whole_and_no_stale_wal() {
     assert!(text(&run).contains("events: 21"), "{}", text(&run));
     assert!(server.terminate().success());
     assert_mirror_consistent(&server.db);
-    let conn = db::open_read_only(&server.db).unwrap();
+    let conn = store::open_read_only(&server.db).unwrap();
     assert!(before.iter().all(|id| has(&conn, id)));
 }
 
@@ -305,12 +305,12 @@ fn restore_refuses_and_then_nothing_has_changed() {
     let newer = dir.path().join("newer.db");
     std::fs::copy(&good, &newer).unwrap();
     {
-        let conn = db::open_writer(&newer).unwrap();
-        conn.pragma_update(None, "user_version", db::known_version() + 1)
+        let conn = store::open_writer(&newer).unwrap();
+        conn.pragma_update(None, "user_version", store::known_version() + 1)
             .unwrap();
     }
     let foreign = dir.path().join("foreign.db");
-    db::open_copy_target(&foreign)
+    store::open_copy_target(&foreign)
         .unwrap()
         .execute_batch("CREATE TABLE notes (text TEXT)")
         .unwrap();
@@ -403,8 +403,8 @@ fn prune_refuses_while_serving_then_empties_only_old_bodies() {
 
     // Make the first 40 a hundred days old (the test stands in for time passing).
     {
-        let _lock = db::Lock::acquire(&server.db).unwrap();
-        let conn = db::open_writer(&server.db).unwrap();
+        let _lock = store::Lock::acquire(&server.db).unwrap();
+        let conn = store::open_writer(&server.db).unwrap();
         conn.execute(
             "UPDATE events SET received_at = received_at - 100 * 86400000 WHERE seq <= 40",
             [],
@@ -413,7 +413,7 @@ fn prune_refuses_while_serving_then_empties_only_old_bodies() {
     }
     // The events whose state the mirror holds are kept whatever their age.
     let protected: HashSet<String> = {
-        let conn = db::open_read_only(&server.db).unwrap();
+        let conn = store::open_read_only(&server.db).unwrap();
         let mut stmt = conn
             .prepare("SELECT event_id FROM objects o JOIN events e ON e.id = o.event_id WHERE e.seq <= 40")
             .unwrap();
@@ -447,7 +447,7 @@ fn prune_refuses_while_serving_then_empties_only_old_bodies() {
         text(&run)
     );
 
-    let conn = db::open_read_only(&server.db).unwrap();
+    let conn = store::open_read_only(&server.db).unwrap();
     let mut stmt = conn.prepare("SELECT id, seq, body FROM events").unwrap();
     let rows: Vec<(String, i64, Vec<u8>)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -501,7 +501,7 @@ fn serve_prunes_through_its_writer_while_taking_webhooks() {
         }))
         .unwrap();
     // The event whose state the mirror holds stays, whatever its age.
-    let protected: i64 = db::open_read_only(&app.db_path())
+    let protected: i64 = store::open_read_only(&app.db_path())
         .unwrap()
         .query_row(
             "SELECT COUNT(*) FROM objects o JOIN events e ON e.id = o.event_id WHERE e.seq <= 20",
@@ -522,7 +522,7 @@ fn serve_prunes_through_its_writer_while_taking_webhooks() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let pruned = || {
-        db::open_read_only(&app.db_path())
+        store::open_read_only(&app.db_path())
             .unwrap()
             .query_row(
                 "SELECT COUNT(*) FROM events WHERE length(body) = 0",

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use stripe_inbox::{db, signature, time};
+use stripe_inbox::{event::signature, store, time};
 
 use crate::support::{self, config_text, event, event_id, free_addr, TempDir, SECRET};
 
@@ -220,7 +220,7 @@ fn shutdown_under_load_loses_nothing_that_was_answered() {
     assert!(status.success(), "serve exits 0 on SIGTERM: {status:?}");
     let answered = answered.lock().unwrap();
     assert!(answered.len() > 50, "only {} answered", answered.len());
-    let conn = db::open_read_only(&served.db).unwrap();
+    let conn = store::open_read_only(&served.db).unwrap();
     let mut missing = 0;
     for id in answered.iter() {
         let n: i64 = conn
@@ -236,7 +236,7 @@ fn shutdown_under_load_loses_nothing_that_was_answered() {
         "{missing} of {} answered events are not stored",
         answered.len()
     );
-    assert!(db::integrity_problems(&conn).unwrap().is_empty());
+    assert!(store::integrity_problems(&conn).unwrap().is_empty());
 }
 
 /// tiny_http 0.12 left connections of a burst unread; our server must answer every one promptly,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stripe_inbox::{backup, db};
+use stripe_inbox::{ops::backup, store};
 
 use crate::support::process::{try_post, Rng, Server};
 use crate::support::{event, event_id, TempDir};
@@ -25,10 +25,10 @@ const TYPES: [&str; 4] = [
 /// Checks that a database is whole and that its events agree with themselves: integrity, one row
 /// per id and per seq, each row's id the id in its body, the crate's structural mirror check
 /// ([`backup::mirror_problems`]) and, when no server holds the file, that the mirror equals a
-/// rebuild from the events ([`stripe_inbox::replay::verify_mirror`]).
+/// rebuild from the events ([`stripe_inbox::mirror::replay::verify_mirror`]).
 pub fn assert_mirror_consistent(db: &Path) {
-    let conn = db::open_read_only(db).unwrap();
-    let problems = db::integrity_problems(&conn).unwrap();
+    let conn = store::open_read_only(db).unwrap();
+    let problems = store::integrity_problems(&conn).unwrap();
     assert!(problems.is_empty(), "integrity_check: {problems:?}");
     let (rows, ids, seqs): (i64, i64, i64) = conn
         .query_row(
@@ -53,9 +53,9 @@ pub fn assert_mirror_consistent(db: &Path) {
     let mirror = backup::mirror_problems(&conn).unwrap();
     assert!(mirror.is_empty(), "mirror: {mirror:?}");
     // When no server holds it, the mirror must equal a rebuild from the events.
-    if let Ok(lock) = db::Lock::acquire(db) {
-        let conn = db::open_locked(db, &lock).unwrap();
-        let check = stripe_inbox::replay::verify_mirror(&conn).unwrap();
+    if let Ok(lock) = store::Lock::acquire(db) {
+        let conn = store::open_locked(db, &lock).unwrap();
+        let check = stripe_inbox::mirror::replay::verify_mirror(&conn).unwrap();
         assert_eq!(
             check.differing_count, 0,
             "mirror differs from a rebuild: {:?}",
@@ -155,7 +155,7 @@ fn sigkill_at_random_moments_loses_nothing_that_was_answered() {
     assert!(server.terminate().success(), "{}", server.log());
 
     assert_mirror_consistent(&server.db);
-    let conn = db::open_read_only(&server.db).unwrap();
+    let conn = store::open_read_only(&server.db).unwrap();
     let answered = answered.lock().unwrap();
     assert!(answered.len() > 200, "only {} answered", answered.len());
     let lost: Vec<_> = answered
@@ -282,7 +282,7 @@ fn full_disk_answers_503_then_recovers_with_nothing_lost() {
     assert!(server.terminate().success(), "{}", server.log());
 
     assert_mirror_consistent(&server.db);
-    let conn = db::open_read_only(&server.db).unwrap();
+    let conn = store::open_read_only(&server.db).unwrap();
     for id in &stored_ids {
         assert_eq!(stored(&conn, id), 1, "{id}");
     }

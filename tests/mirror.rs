@@ -4,8 +4,8 @@
 
 use std::process::Command;
 
-use stripe_inbox::project_streams::{self as streams, Stream};
-use stripe_inbox::{db, signature, time};
+use stripe_inbox::testkit::streams::{self as streams, Stream};
+use stripe_inbox::{event::signature, store, time};
 
 use crate::support::{self, TestApp, SECRET};
 
@@ -13,7 +13,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_stripe-inbox");
 
 /// The mirror that in-order delivery of every stream gives, projected in memory.
 fn in_order(all: &[Stream]) -> String {
-    let conn = db::open_memory().unwrap();
+    let conn = store::open_memory().unwrap();
     let mut seq = 0;
     for stream in all {
         for event in &stream.events {
@@ -61,7 +61,7 @@ fn shuffled_deliveries_with_duplicates_converge_over_http() {
                 event.id
             );
         }
-        let conn = db::open_read_only(&app.db_path()).unwrap();
+        let conn = store::open_read_only(&app.db_path()).unwrap();
         let got = streams::dump(&conn).unwrap();
         assert_eq!(
             got, expected,
@@ -88,7 +88,7 @@ fn replay_rebuild_gives_the_same_mirror_and_object_explains_it() {
         assert_eq!(post_signed(&app, event.body.as_bytes()), 200);
     }
     let decisions = |db: &std::path::Path| -> Vec<(String, String)> {
-        let conn = db::open_read_only(db).unwrap();
+        let conn = store::open_read_only(db).unwrap();
         let mut stmt = conn
             .prepare("SELECT id, decision FROM events ORDER BY seq")
             .unwrap();
@@ -97,7 +97,7 @@ fn replay_rebuild_gives_the_same_mirror_and_object_explains_it() {
             .map(Result::unwrap)
             .collect()
     };
-    let before = streams::dump(&db::open_read_only(&app.db_path()).unwrap()).unwrap();
+    let before = streams::dump(&store::open_read_only(&app.db_path()).unwrap()).unwrap();
     let decisions_before = decisions(&app.db_path());
     let config = app.config.file.clone();
 
@@ -126,7 +126,7 @@ fn replay_rebuild_gives_the_same_mirror_and_object_explains_it() {
         printed.contains(&format!("from {} events", deliveries.len())),
         "{printed}"
     );
-    let after = streams::dump(&db::open_read_only(&app.db_path()).unwrap()).unwrap();
+    let after = streams::dump(&store::open_read_only(&app.db_path()).unwrap()).unwrap();
     assert_eq!(after, before, "rebuild reproduces the mirror");
     assert_eq!(
         decisions(&app.db_path()),
@@ -135,7 +135,7 @@ fn replay_rebuild_gives_the_same_mirror_and_object_explains_it() {
     );
 
     // `object` prints the state and the history with decisions, marking the event that holds it.
-    let conn = db::open_read_only(&app.db_path()).unwrap();
+    let conn = store::open_read_only(&app.db_path()).unwrap();
     let (id, holder): (String, String) = conn
         .query_row(
             "SELECT id, event_id FROM objects WHERE type = 'subscription' LIMIT 1",
@@ -209,7 +209,7 @@ fn read_api_needs_its_token_and_filters() {
     };
     assert_eq!(get("/api/objects", None).status, 401);
     assert_eq!(get("/api/objects", Some("wrong")).status, 401);
-    let conn = db::open_read_only(&config.database.path).unwrap();
+    let conn = store::open_read_only(&config.database.path).unwrap();
     let (sub, customer, status): (String, String, String) = conn
         .query_row(
             "SELECT id, customer, status FROM subscriptions LIMIT 1",

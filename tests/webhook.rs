@@ -4,7 +4,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use stripe_inbox::error::Error;
-use stripe_inbox::{db, signature, time};
+use stripe_inbox::{event::signature, store, time};
 
 use crate::support::{self, event, event_id, TestApp, SECRET};
 
@@ -24,7 +24,7 @@ fn valid_events_are_stored_byte_for_byte() {
         let reply = app.post_signed(&body);
         assert_eq!(reply.status, 200, "{event_type}: {reply:?}");
         assert!(reply.body.contains("\"received\":true"));
-        let conn = db::open_read_only(&app.db_path()).unwrap();
+        let conn = store::open_read_only(&app.db_path()).unwrap();
         let (stored, kind, deliveries, secret_index, object_id): (
             Vec<u8>,
             String,
@@ -51,7 +51,7 @@ fn thin_event_is_stored() {
     let app = TestApp::start();
     let body = br#"{"id":"evt_thin_1","object":"v2.core.event","type":"v1.billing.meter.error_report_triggered","created":"2025-10-04T15:13:32.232083866Z","livemode":false,"related_object":{"id":"mtr_1","type":"billing.meter","url":"/v1/billing/meters/mtr_1"}}"#;
     assert_eq!(app.post_signed(body).status, 200);
-    let conn = db::open_read_only(&app.db_path()).unwrap();
+    let conn = store::open_read_only(&app.db_path()).unwrap();
     let (thin, created): (bool, i64) = conn
         .query_row(
             "SELECT thin, created FROM events WHERE id = 'evt_thin_1'",
@@ -97,7 +97,7 @@ fn fifty_concurrent_deliveries_make_one_row() {
         .collect();
     assert_eq!(statuses.len(), 50);
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    let conn = db::open_read_only(&app.db_path()).unwrap();
+    let conn = store::open_read_only(&app.db_path()).unwrap();
     let (rows, deliveries): (i64, i64) = conn
         .query_row("SELECT COUNT(*), SUM(deliveries) FROM events", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -401,7 +401,7 @@ fn a_failing_projection_still_stores_the_event() {
         "the event is ground truth: stored anyway"
     );
     let id = event_id(&body);
-    let conn = db::open_read_only(&app.db_path()).unwrap();
+    let conn = store::open_read_only(&app.db_path()).unwrap();
     let (decision, object_id): (String, String) = conn
         .query_row(
             "SELECT decision, object_id FROM events WHERE id = ?1",
@@ -425,7 +425,7 @@ fn a_failing_projection_still_stores_the_event() {
     let oid = object_id.clone();
     writer
         .run(Box::new(move |conn| {
-            stripe_inbox::replay::rebuild_object(conn, &oid).map(|n| assert_eq!(n, 1))
+            stripe_inbox::mirror::replay::rebuild_object(conn, &oid).map(|n| assert_eq!(n, 1))
         }))
         .unwrap();
     let (decision,): (String,) = conn

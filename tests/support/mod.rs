@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use stripe_inbox::config::Config;
 use stripe_inbox::service::Service;
-use stripe_inbox::{db, signature, testevent, time};
+use stripe_inbox::{event::signature, event::testevent, store, time};
 
 pub const SECRET: &str = "whsec_test_secret_for_integration";
 
@@ -161,7 +161,7 @@ impl Drop for TestApp {
 }
 
 pub fn event_count(db: &Path) -> i64 {
-    let conn = db::open_read_only(db).unwrap();
+    let conn = store::open_read_only(db).unwrap();
     conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
         .unwrap()
 }
@@ -293,7 +293,7 @@ pub fn prefill(db: &Path, n: usize, customers: usize, hours: i64) {
         "charge.refunded",
         "customer.subscription.deleted",
     ];
-    let conn = db::open_writer(db).unwrap();
+    let conn = store::open_writer(db).unwrap();
     let now_ms = time::now_ms();
     let start_ms = now_ms - hours * 3_600_000;
     // Arrival times: a daily curve, sorted.
@@ -368,10 +368,10 @@ pub fn prefill(db: &Path, n: usize, customers: usize, hours: i64) {
             }
         }
         let body = serde_json::to_vec_pretty(&event).unwrap();
-        let env = stripe_inbox::envelope::parse(&body).unwrap();
+        let env = stripe_inbox::event::envelope::parse(&body).unwrap();
         let seq = i as i64 + 1;
-        let input = stripe_inbox::replay::input(&env, &body, seq);
-        let decision = stripe_inbox::project::apply(&tx, &input, at)
+        let input = stripe_inbox::mirror::replay::input(&env, &body, seq);
+        let decision = stripe_inbox::mirror::project::apply(&tx, &input, at)
             .map(|d| d.as_str())
             .unwrap_or("projection_failed");
         tx.execute(

@@ -9,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stripe_inbox::{signature, time};
+use stripe_inbox::{event::signature, time};
 
 use super::{config_text, free_addr, SECRET};
 

@@ -1176,11 +1176,11 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::project_streams::{self as streams, Stream, StreamEvent};
+    use crate::testkit::streams::{self as streams, Stream, StreamEvent};
 
     /// An in-memory database with the whole schema.
     fn conn() -> Connection {
-        crate::db::open_memory().unwrap()
+        crate::store::open_memory().unwrap()
     }
 
     /// Delivers `events` in the order written and compares the mirror (`streams::dump`)

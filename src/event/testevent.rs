@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 /// Stripe's example objects, keyed by object type.
-pub const FIXTURES: &str = include_str!("fixtures/stripe_objects.json");
+pub const FIXTURES: &str = include_str!("../fixtures/stripe_objects.json");
 
 /// The API version stamped on test events.
 pub const API_VERSION: &str = "2025-08-27.basil";
@@ -171,7 +171,7 @@ fn seed_bytes(block: u64) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope;
+    use crate::event::envelope;
 
     #[test]
     fn every_known_type_builds_and_parses() {

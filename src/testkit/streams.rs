@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
 
-use crate::project::{self, Decision, Input};
+use crate::mirror::project::{self, Decision, Input};
 
 /// Base second of every stream (2025-10-09).
 pub const T: i64 = 1_760_000_000;
@@ -64,7 +64,7 @@ pub fn all() -> Vec<Stream> {
 pub fn fixture(object_type: &str) -> Value {
     static FIXTURES: OnceLock<Value> = OnceLock::new();
     let all = FIXTURES.get_or_init(|| {
-        serde_json::from_str(include_str!("fixtures/stripe_objects.json"))
+        serde_json::from_str(include_str!("../fixtures/stripe_objects.json"))
             .expect("fixtures/stripe_objects.json is valid JSON")
     });
     all.get(object_type)

@@ -11,12 +11,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::envelope;
 use crate::error::Error;
+use crate::event::envelope;
+use crate::event::signature::{self, SignatureError};
 use crate::http::{Request, Response};
-use crate::signature::{self, SignatureError};
+use crate::store::writer::{Ingest, Outcome, Source, WriterHandle};
 use crate::time::now_ms;
-use crate::writer::{Ingest, Outcome, Source, WriterHandle};
 
 /// Counts of what the endpoint answered, for `/metrics` and `/healthz`.
 #[derive(Debug, Default)]

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
-use crate::envelope::Envelope;
+use crate::admin::metrics::{Histogram, BATCH_BOUNDS, COMMIT_MICROS_BOUNDS};
 use crate::error::{Error, Result};
-use crate::metrics::{Histogram, BATCH_BOUNDS, COMMIT_MICROS_BOUNDS};
-use crate::{project, replay};
+use crate::event::envelope::Envelope;
+use crate::{mirror::project, mirror::replay};
 
 /// A commit less than this long ago means the writer is under load.
 const BUSY_WINDOW: Duration = Duration::from_millis(5);
@@ -544,7 +544,7 @@ pub fn insert_event(conn: &Connection, row: &NewEvent) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{db, envelope, testevent};
+    use crate::{event::envelope, event::testevent, store};
 
     fn ingest(event_type: &str) -> Ingest {
         let body =
@@ -564,7 +564,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("w.db");
-        let conn = db::open_writer(&path).unwrap();
+        let conn = store::open_writer(&path).unwrap();
         (
             Writer::start(
                 conn,

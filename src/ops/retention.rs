@@ -36,10 +36,10 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection};
 
 use crate::config::Config;
-use crate::db::{self, Lock};
 use crate::error::{Error, Result};
+use crate::store::writer::{Writer, WriterConfig, WriterHandle};
+use crate::store::{self, Lock};
 use crate::time;
-use crate::writer::{Writer, WriterConfig, WriterHandle};
 
 /// Rows looked at per writer task (about 1 MB of bodies at 2 KB each).
 pub const WINDOW: i64 = 500;
@@ -128,7 +128,7 @@ pub fn prune(
     cutoff_ms: i64,
     pace: &Pace,
 ) -> Result<Report> {
-    let reader = db::open_read_only(database)?;
+    let reader = store::open_read_only(database)?;
     let sql = |e| Error::sqlite("survey events for retention", e);
     let last: i64 = reader
         .query_row("SELECT COALESCE(MAX(rowid), 0) FROM events", [], |r| {
@@ -536,7 +536,7 @@ pub fn run_prune(mut parser: lexopt::Parser) -> Result<()> {
     let cutoff_ms = time::now_ms() - age_ms;
     let before = time::format_utc(cutoff_ms / 1000);
     if dry_run {
-        let (n, bytes) = survey(&db::open_read_only(database)?, cutoff_ms)?;
+        let (n, bytes) = survey(&store::open_read_only(database)?, cutoff_ms)?;
         println!(
             "would prune {n} event bodies ({}) received before {before}",
             crate::cli::human_bytes(bytes)
@@ -561,7 +561,7 @@ pub fn run_prune(mut parser: lexopt::Parser) -> Result<()> {
     };
     let size_before = file_size(database);
     let started = Instant::now();
-    let conn = db::open_writer(database)?;
+    let conn = store::open_writer(database)?;
     let auto_vacuum: i64 = conn
         .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
         .map_err(|e| Error::sqlite("read auto_vacuum", e))?;
@@ -648,7 +648,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("r.db");
-        let conn = db::open_writer(&path).unwrap();
+        let conn = store::open_writer(&path).unwrap();
         let now = time::now_ms();
         for i in 1..=n {
             let received = if i <= old {
@@ -673,7 +673,7 @@ mod tests {
 
     /// Every column but `body`, by rowid.
     fn rows(path: &Path) -> Vec<Row> {
-        let conn = db::open_read_only(path).unwrap();
+        let conn = store::open_read_only(path).unwrap();
         let mut stmt = conn
             .prepare(
                 "SELECT rowid, id, seq, created, livemode, received_at, deliveries FROM events
@@ -701,7 +701,7 @@ mod tests {
     /// One pass and a vacuum through a writer of its own; what it did and how many commits.
     fn run(path: &Path) -> (Report, u64) {
         let writer = Writer::start(
-            db::open_writer(path).unwrap(),
+            store::open_writer(path).unwrap(),
             WriterConfig {
                 queue_capacity: 4,
                 max_batch: 4,
@@ -721,7 +721,7 @@ mod tests {
     }
 
     fn bodies(path: &Path) -> Vec<usize> {
-        let conn = db::open_read_only(path).unwrap();
+        let conn = store::open_read_only(path).unwrap();
         let mut stmt = conn
             .prepare("SELECT length(body) FROM events ORDER BY rowid")
             .unwrap();
@@ -751,8 +751,8 @@ mod tests {
         let lengths = bodies(&path);
         assert!(lengths[..1000].iter().all(|l| *l == 0));
         assert!(lengths[1000..].iter().all(|l| *l > 1990));
-        let conn = db::open_read_only(&path).unwrap();
-        assert!(db::integrity_problems(&conn).unwrap().is_empty());
+        let conn = store::open_read_only(&path).unwrap();
+        assert!(store::integrity_problems(&conn).unwrap().is_empty());
         assert_eq!(
             run(&path).0,
             Report::default(),
@@ -764,7 +764,7 @@ mod tests {
     #[test]
     fn with_a_trigger_on_events_bodies_are_emptied_in_place() {
         let path = database("trigger", 300, 200);
-        db::open_writer(&path)
+        store::open_writer(&path)
             .unwrap()
             .execute_batch(
                 "CREATE TABLE deleted (id TEXT);
@@ -777,7 +777,7 @@ mod tests {
         assert_eq!((report.pruned, report.pages_freed), (200, 0));
         assert_eq!(rows(&path), before);
         assert!(bodies(&path)[..200].iter().all(|l| *l == 0));
-        let fired: i64 = db::open_read_only(&path)
+        let fired: i64 = store::open_read_only(&path)
             .unwrap()
             .query_row("SELECT COUNT(*) FROM deleted", [], |r| r.get(0))
             .unwrap();

@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn example_file_parses_to_the_defaults() {
-        let text = include_str!("../config.example.toml");
+        let text = include_str!("../../config.example.toml");
         let config = Config::parse(text, Path::new("/etc/stripe-inbox/config.toml")).unwrap();
         assert_eq!(
             config.database.path,
@@ -346,7 +346,7 @@ mod tests {
     fn every_example_key_uncommented_still_parses() {
         // The example shows keys commented out at their defaults; uncommenting them all must give a
         // valid file with the same values, which proves each shown key exists and is spelt right.
-        let text: String = include_str!("../config.example.toml")
+        let text: String = include_str!("../../config.example.toml")
             .lines()
             .map(|l| {
                 if l.starts_with("# ") && l.contains(" = ") {

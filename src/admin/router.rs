@@ -26,17 +26,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::api::Api;
-use crate::auth::{Access, Auth, Login, Viewer};
-use crate::db::ReadPool;
+use crate::admin::api::Api;
+use crate::admin::auth::{Access, Auth, Login, Viewer};
+use crate::admin::form::{decode_path, Form};
+use crate::admin::html;
+use crate::admin::metrics;
 use crate::error::Result;
-use crate::form::{decode_path, Form};
-use crate::html;
 use crate::http::{Request, Response};
-use crate::metrics;
-use crate::webhook::{error, Counters};
-use crate::writer::WriterHandle;
-use crate::{admin_dashboard, admin_events, admin_objects};
+use crate::ingest::endpoint::{error, Counters};
+use crate::store::writer::WriterHandle;
+use crate::store::ReadPool;
+use crate::{admin::dashboard, admin::events, admin::objects};
 
 /// The policy every HTML page is sent with: no script of any kind, styles only from this origin's
 /// stylesheet, no framing, forms only back to this origin.
@@ -124,18 +124,18 @@ impl Admin {
         let post = req.method == "POST";
         let segments: Vec<&str> = req.path.trim_end_matches('/').split('/').skip(1).collect();
         Ok(match segments.as_slice() {
-            [] | [""] if get => admin_dashboard::page(self, viewer)?,
+            [] | [""] if get => dashboard::page(self, viewer)?,
             ["logout"] if post => self.logout(req, viewer),
-            ["events"] if get => admin_events::list(self, req, viewer)?,
-            ["events", id] if get => admin_events::show(self, req, viewer, &decode_path(id))?,
+            ["events"] if get => events::list(self, req, viewer)?,
+            ["events", id] if get => events::show(self, req, viewer, &decode_path(id))?,
             ["events", id, "replay"] if post => match self.checked_form(req, viewer) {
-                Ok(_) => admin_events::replay(self, &decode_path(id))?,
+                Ok(_) => events::replay(self, &decode_path(id))?,
                 Err(refused) => refused,
             },
-            ["objects"] if get => admin_objects::list(self, req, viewer)?,
-            ["objects", id] if get => admin_objects::show(self, req, viewer, &decode_path(id))?,
+            ["objects"] if get => objects::list(self, req, viewer)?,
+            ["objects", id] if get => objects::show(self, req, viewer, &decode_path(id))?,
             ["objects", id, "rebuild"] if post => match self.checked_form(req, viewer) {
-                Ok(_) => admin_objects::rebuild(self, &decode_path(id))?,
+                Ok(_) => objects::rebuild(self, &decode_path(id))?,
                 Err(refused) => refused,
             },
             [] | [""] | ["events" | "objects"] | ["events" | "objects", _] => {

@@ -170,7 +170,7 @@ mod tests {
 
     #[test]
     fn snapshot_event_with_request_object() {
-        let body = include_bytes!("../tests/fixtures/event_test_signature.json");
+        let body = include_bytes!("../../tests/fixtures/event_test_signature.json");
         let env = parse(body).unwrap();
         assert_eq!(env.id, "evt_123");
         assert_eq!(env.event_type, "customer.created");

@@ -19,9 +19,9 @@
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
+use crate::admin::form::Form;
+use crate::admin::html::url_encode;
 use crate::error::{Error, Result};
-use crate::form::Form;
-use crate::html::url_encode;
 use crate::time::{format_utc, parse_rfc3339};
 
 /// Rows per page.

@@ -11,10 +11,10 @@ use std::time::Instant;
 use lexopt::prelude::*;
 
 use crate::config::Config;
-use crate::db::{self, Lock};
 use crate::error::{Error, Result};
 use crate::service::Service;
-use crate::{replay, signature, testevent, time};
+use crate::store::{self, Lock};
+use crate::{event::signature, event::testevent, mirror::replay, time};
 
 use rusqlite::OptionalExtension;
 
@@ -62,10 +62,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
     match command.as_str() {
         "serve" => run_serve(parser),
         "check" => run_check(parser),
-        "backup" => crate::backup::run_backup(parser),
-        "restore" => crate::restore::run_restore(parser),
-        "prune" => crate::retention::run_prune(parser),
-        "export" => crate::export::run_export(parser),
+        "backup" => crate::ops::backup::run_backup(parser),
+        "restore" => crate::ops::restore::run_restore(parser),
+        "prune" => crate::ops::retention::run_prune(parser),
+        "export" => crate::ops::export::run_export(parser),
         "send-test-event" => run_send_test_event(parser),
         "replay" => run_replay(parser),
         "object" => run_object(parser),
@@ -223,16 +223,16 @@ fn run_check(parser: lexopt::Parser) -> Result<()> {
 
     let database = &config.database.path;
     println!("database {}:", database.display());
-    let known = db::known_version();
+    let known = store::known_version();
     let (conn, _lock) = match Lock::acquire(database) {
         Ok(lock) => {
             let before = if database.exists() {
-                db::schema_version(&db::open_read_only(database)?)?
+                store::schema_version(&store::open_read_only(database)?)?
             } else {
                 0
             };
-            let conn = db::open_writer(database)?;
-            let after = db::schema_version(&conn)?;
+            let conn = store::open_writer(database)?;
+            let after = store::schema_version(&conn)?;
             println!(
                 "  schema version {after} (this build knows {known}); migrated {} step(s)",
                 after - before
@@ -240,8 +240,8 @@ fn run_check(parser: lexopt::Parser) -> Result<()> {
             (conn, Some(lock))
         }
         Err(Error::Locked { holder, .. }) => {
-            let conn = db::open_read_only(database)?;
-            let found = db::schema_version(&conn)?;
+            let conn = store::open_read_only(database)?;
+            let found = store::schema_version(&conn)?;
             println!("  held by {holder}: checking read-only, nothing migrated");
             println!("  schema version {found} (this build knows {known})");
             if found > known {
@@ -253,7 +253,7 @@ fn run_check(parser: lexopt::Parser) -> Result<()> {
         }
         Err(e) => return Err(e),
     };
-    let integrity = db::integrity_problems(&conn)?;
+    let integrity = store::integrity_problems(&conn)?;
     let mirror = if _lock.is_some() {
         Some(replay::verify_mirror(&conn)?)
     } else {
@@ -269,7 +269,7 @@ fn run_check(parser: lexopt::Parser) -> Result<()> {
         problems.push("integrity_check found problems".into());
     }
     // Hook: the mirror must agree with a rebuild from the events (see backup::mirror_problems).
-    for p in crate::backup::mirror_problems(&conn)? {
+    for p in crate::ops::backup::mirror_problems(&conn)? {
         println!("  mirror: {p}");
         problems.push(format!("mirror: {p}"));
     }
@@ -434,7 +434,7 @@ fn run_replay(parser: lexopt::Parser) -> Result<()> {
         )));
     }
     let _lock = Lock::acquire(database)?;
-    let conn = db::open_writer(database)?;
+    let conn = store::open_writer(database)?;
     let started = Instant::now();
     let mut bar = Progress::new("rebuilding mirror");
     let stats = replay::rebuild_all(&conn, 10_000, |done, total| bar.update(done, total))?;
@@ -475,7 +475,7 @@ fn run_object(mut parser: lexopt::Parser) -> Result<()> {
     }
     let id = id.ok_or_else(|| Error::usage("object needs an ID", hint()))?;
     let config = Config::load(&Config::locate(config))?;
-    let conn = db::open_read_only(&config.database.path)?;
+    let conn = store::open_read_only(&config.database.path)?;
     let sql = |e| Error::sqlite("read object", e);
     let object: Option<(String, bool, bool, Option<String>, i64, String)> = conn
         .query_row(

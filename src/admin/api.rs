@@ -12,10 +12,10 @@
 use rusqlite::types::Value as SqlValue;
 use serde_json::{json, Value};
 
-use crate::db::ReadPool;
-use crate::form::{decode, decode_path};
+use crate::admin::form::{decode, decode_path};
 use crate::http::{Request, Response};
-use crate::webhook::error;
+use crate::ingest::endpoint::error;
+use crate::store::ReadPool;
 
 /// The most objects one list call returns.
 const MAX_LIMIT: usize = 100;

@@ -1,17 +1,17 @@
 //! The events pages: `/events` (newest first, filtered, keyset-paginated; the search itself is
-//! [`crate::event_search`]), `/events/{id}` (one event: delivery, what the mirror did and why,
+//! [`crate::admin::event_search`]), `/events/{id}` (one event: delivery, what the mirror did and why,
 //! the body) and `POST /events/{id}/replay`.
 
 use std::fmt::Write as _;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::admin::{page_response, redirect, Admin};
-use crate::auth::Viewer;
+use crate::admin::auth::Viewer;
+use crate::admin::event_search::{self, find, input_time, Filter, Row, DECISIONS, SCAN_BUDGET};
+use crate::admin::form::Form;
+use crate::admin::html::{self, esc, url_encode, Frame};
+use crate::admin::router::{page_response, redirect, Admin};
 use crate::error::{Error, Result};
-use crate::event_search::{self, find, input_time, Filter, Row, DECISIONS, SCAN_BUDGET};
-use crate::form::Form;
-use crate::html::{self, esc, url_encode, Frame};
 use crate::http::{Request, Response};
 use crate::time::format_utc;
 
@@ -27,7 +27,7 @@ pub fn list(admin: &Admin, req: &Request, viewer: &Viewer) -> Result<Response> {
     // search below may need several steps to reach older events.
     let customers = match filter.text.as_deref() {
         Some(t) if t.contains('@') && !t.contains(char::is_whitespace) => {
-            crate::admin_objects::customers_by_email(&conn, t)?
+            crate::admin::objects::customers_by_email(&conn, t)?
         }
         _ => Vec::new(),
     };
@@ -266,7 +266,7 @@ pub fn show(admin: &Admin, req: &Request, viewer: &Viewer, id: &str) -> Result<R
         ));
     };
     let mirror = match &d.row.object_id {
-        Some(object) => crate::admin_objects::mirror_row(&conn, object)?,
+        Some(object) => crate::admin::objects::mirror_row(&conn, object)?,
         None => None,
     };
     drop(conn);
@@ -443,7 +443,7 @@ pub fn replay(admin: &Admin, id: &str) -> Result<Response> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let event_id = id.to_string();
     admin.writer.run(Box::new(move |conn| {
-        let decision = crate::replay::replay_event(conn, &event_id)?;
+        let decision = crate::mirror::replay::replay_event(conn, &event_id)?;
         let _ = tx.send(decision);
         Ok(())
     }))?;

@@ -9,6 +9,8 @@
 
 #![allow(clippy::disallowed_methods)] // This module is the one allowed to open connections.
 
+pub mod writer;
+
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -22,7 +24,7 @@ use crate::error::{Error, Result};
 pub type ReadPool = r2d2::Pool<r2d2_sqlite::SqliteConnectionManager>;
 
 /// The migration ledger, embedded at build time.
-pub const SCHEMA: &str = include_str!("../schema.sql");
+pub const SCHEMA: &str = include_str!("../../schema.sql");
 
 /// How long a connection waits for a lock before SQLite gives up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -12,19 +12,19 @@ use std::fmt::Write as _;
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
-use crate::admin::{page_response, redirect, Admin};
-use crate::auth::Viewer;
+use crate::admin::auth::Viewer;
+use crate::admin::event_search::Budget;
+use crate::admin::form::Form;
+use crate::admin::html::{self, esc, url_encode, Frame};
+use crate::admin::router::{page_response, redirect, Admin};
 use crate::error::{Error, Result};
-use crate::event_search::Budget;
-use crate::form::Form;
-use crate::html::{self, esc, url_encode, Frame};
 use crate::http::{Request, Response};
 use crate::time::format_utc;
 
 /// Rows per page.
 pub const PAGE: usize = 50;
 /// How much row-by-row testing one search page may do (the events list's budget).
-pub const SCAN_BUDGET: Budget = crate::event_search::SCAN_BUDGET;
+pub const SCAN_BUDGET: Budget = crate::admin::event_search::SCAN_BUDGET;
 /// The most events the timeline of one object shows.
 pub const TIMELINE_LIMIT: usize = 500;
 
@@ -759,7 +759,7 @@ pub fn rebuild(admin: &Admin, id: &str) -> Result<Response> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let object_id = id.to_string();
     admin.writer.run(Box::new(move |conn| {
-        let n = crate::replay::rebuild_object(conn, &object_id)?;
+        let n = crate::mirror::replay::rebuild_object(conn, &object_id)?;
         let _ = tx.send(n);
         Ok(())
     }))?;

@@ -1,15 +1,15 @@
 //! Re-deriving the mirror from the events ledger, the ground truth.
 //!
-//! Everything here runs on a connection that may write: inside a writer [`crate::writer::Task`]
+//! Everything here runs on a connection that may write: inside a writer [`crate::store::writer::Task`]
 //! while serving, or on the writer connection of a CLI command that holds the database lock. Events
 //! are re-applied in arrival order (`seq`), which reproduces the decisions the writer took live;
 //! because the projection converges under any order, the resulting mirror is the same either way.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::envelope::{self, Envelope};
 use crate::error::{Error, Result};
-use crate::project::{self, Decision, Input};
+use crate::event::envelope::{self, Envelope};
+use crate::mirror::project::{self, Decision, Input};
 use crate::time::now_ms;
 
 /// Builds the projection's input for an event.

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
+use crate::admin::form::{cookie, Form};
 use crate::error::{Error, Result};
-use crate::form::{cookie, Form};
 use crate::http::Request;
 
 /// How long a session lasts after login.

@@ -10,10 +10,10 @@ use std::sync::atomic::Ordering;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::admin::{file_size, page_response, wal_path, Admin};
-use crate::auth::Viewer;
+use crate::admin::auth::Viewer;
+use crate::admin::html::{self, esc, Bar, Frame, OUTCOMES};
+use crate::admin::router::{file_size, page_response, wal_path, Admin};
 use crate::error::{Error, Result};
-use crate::html::{self, esc, Bar, Frame, OUTCOMES};
 use crate::http::Response;
 use crate::time::now_ms;
 

@@ -9,8 +9,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::webhook::Counters;
-use crate::writer::Stats;
+use crate::ingest::endpoint::Counters;
+use crate::store::writer::Stats;
 
 /// Upper bounds (µs) of the commit-latency buckets: 250 µs .. 1 s.
 pub const COMMIT_MICROS_BOUNDS: [u64; 12] = [

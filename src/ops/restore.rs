@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 
 use lexopt::prelude::*;
 
-use crate::backup::{copy_to, inspect, remove_copy, seal, sync_dir, with_suffix, Check, Progress};
 use crate::cli::human_bytes;
 use crate::config::Config;
-use crate::db::{self, Lock};
 use crate::error::{Error, Result};
+use crate::ops::backup::{
+    copy_to, inspect, remove_copy, seal, sync_dir, with_suffix, Check, Progress,
+};
+use crate::store::{self, Lock};
 
 /// What a finished restore did.
 #[derive(Debug)]
@@ -37,7 +39,7 @@ pub struct RestoreReport {
 ///    `-wal`/`-shm`) exists, since it would be overwritten; and when a `<db>-wal` lies there
 ///    without its database, since SQLite would apply it to the restored file.
 /// 4. Checks `input`: a SQLite file, `PRAGMA integrity_check` clean, a schema version this build
-///    knows (a newer one is refused), an `events` table, [`mirror_problems`](crate::backup::mirror_problems). Nothing is written
+///    knows (a newer one is refused), an `events` table, [`mirror_problems`](crate::ops::backup::mirror_problems). Nothing is written
 ///    before this passes.
 /// 5. Copies `input` into `<db>.tmp` (a stale one is removed first) as one self-contained file,
 ///    runs `PRAGMA quick_check` on the copy and fsyncs it. On failure `<db>.tmp` is removed and the
@@ -67,7 +69,7 @@ pub fn restore(
 ) -> Result<RestoreReport> {
     let started = Instant::now();
     // Work on the real file: renaming onto a symlink would replace the link, not the database.
-    let database = &db::resolve(database);
+    let database = &store::resolve(database);
     // 1. The input.
     if !input.is_file() {
         return Err(Error::refused(
@@ -75,7 +77,7 @@ pub fn restore(
             "give the path of a file written by `stripe-inbox backup`",
         ));
     }
-    if db::resolve(input) == db::resolve(database) {
+    if store::resolve(input) == store::resolve(database) {
         return Err(Error::refused(
             format!(
                 "restore from {}: that is the database itself",
@@ -130,7 +132,7 @@ pub fn restore(
     }
 
     // 4. The input must be sound and ours.
-    let src = db::open_read_only(input)?;
+    let src = store::open_read_only(input)?;
     let input_facts = inspect(&src, input, Check::Full).map_err(|e| match e {
         e @ Error::SchemaTooNew { .. } => e,
         e => Error::refused(
@@ -240,7 +242,7 @@ pub fn restore(
 
 /// Folds the WAL of the (locked) database into its file and closes it.
 fn checkpoint_truncate(database: &Path, lock: &Lock) -> Result<()> {
-    let conn = db::open_locked(database, lock)?;
+    let conn = store::open_locked(database, lock)?;
     let (busy, _, _): (i64, i64, i64) = conn
         .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -306,7 +308,7 @@ pub fn run_restore(mut parser: lexopt::Parser) -> Result<()> {
         human_bytes(report.bytes),
         report.events,
         report.schema_version,
-        db::known_version(),
+        store::known_version(),
         report.total.as_secs_f64()
     );
     if let Some(previous) = report.previous {

@@ -19,8 +19,8 @@ use rusqlite::types::Value;
 use rusqlite::Connection;
 
 use crate::config::Config;
-use crate::db;
 use crate::error::{Error, Result};
+use crate::store;
 use crate::time;
 
 /// Events read per query.
@@ -194,7 +194,7 @@ pub fn run_export(mut parser: lexopt::Parser) -> Result<()> {
             database.display()
         )));
     }
-    let conn = db::open_read_only(database)?;
+    let conn = store::open_read_only(database)?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(256 * 1024, stdout.lock());
     let result = export(&conn, &filter, &mut out).and_then(|done| {

@@ -29,8 +29,8 @@ use rusqlite::Connection;
 
 use crate::cli::human_bytes;
 use crate::config::Config;
-use crate::db;
 use crate::error::{Error, Result};
+use crate::store;
 use crate::time;
 
 /// Pages copied per backup step: 4 MiB at the default 4 KiB page size.
@@ -107,7 +107,7 @@ pub fn backup(database: &Path, out: &Path, opts: &BackupOptions) -> Result<Backu
             database.display()
         )));
     }
-    if db::resolve(out) == db::resolve(database) {
+    if store::resolve(out) == store::resolve(database) {
         return Err(Error::refused(
             format!("backup {}: that is the live database itself", out.display()),
             "give another file, or a directory: stripe-inbox backup --keep 7 /var/backups/stripe-inbox",
@@ -122,7 +122,7 @@ pub fn backup(database: &Path, out: &Path, opts: &BackupOptions) -> Result<Backu
     let tmp = with_suffix(out, ".tmp");
 
     // 2. Open the source and pin one snapshot of it.
-    let src = db::open_read_only(database)?;
+    let src = store::open_read_only(database)?;
     let snapshot = |e| Error::sqlite(format!("read database {}", database.display()), e);
     src.execute_batch("BEGIN").map_err(snapshot)?;
     src.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |r| {
@@ -133,7 +133,7 @@ pub fn backup(database: &Path, out: &Path, opts: &BackupOptions) -> Result<Backu
     // Opened now, so that the checkpoint follows the end of the snapshot at once.
     let checkpointer = opts
         .checkpoint
-        .then(|| db::open_checkpointer(database).ok())
+        .then(|| store::open_checkpointer(database).ok())
         .flatten();
     let result = (|| {
         // 3. Copy it.
@@ -218,7 +218,7 @@ pub(crate) fn copy_to(
     progress: &mut Progress,
 ) -> Result<Connection> {
     remove_copy(tmp);
-    let mut dst = db::open_copy_target(tmp)?;
+    let mut dst = store::open_copy_target(tmp)?;
     let what = |e| Error::sqlite(format!("write copy {}", tmp.display()), e);
     // The copy is not trusted until it is checked and fsynced, so it needs no journal of its own.
     dst.query_row("PRAGMA journal_mode=OFF", [], |_| Ok(()))
@@ -302,7 +302,7 @@ pub(crate) fn inspect(conn: &Connection, path: &Path, check: Check) -> Result<Fa
         Check::Quick => "quick_check",
     };
     let problems = if check == Check::Full {
-        db::integrity_problems(conn)?
+        store::integrity_problems(conn)?
     } else {
         let mut stmt = conn
             .prepare("PRAGMA quick_check")
@@ -321,8 +321,8 @@ pub(crate) fn inspect(conn: &Connection, path: &Path, check: Check) -> Result<Fa
             problems[0]
         )));
     }
-    let schema_version = db::schema_version(conn)?;
-    let known = db::known_version();
+    let schema_version = store::schema_version(conn)?;
+    let known = store::known_version();
     if schema_version > known {
         return Err(Error::SchemaTooNew {
             path: path.to_path_buf(),

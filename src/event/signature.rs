@@ -216,7 +216,7 @@ mod tests {
     use super::*;
 
     /// Stripe's own vector: stripe-dotnet's event_test_signature.json, secret `webhook_secret`.
-    const DOTNET_BODY: &[u8] = include_bytes!("../tests/fixtures/event_test_signature.json");
+    const DOTNET_BODY: &[u8] = include_bytes!("../../tests/fixtures/event_test_signature.json");
     const DOTNET_T: i64 = 1533204620;
     const DOTNET_V1: &str = "2220f87ef101a04665f11cdf770523143f875572008577fa0f20882ddb9cc3c7";
     const DOTNET_V0: &str = "63f3a72374a733066c4be69ed7f8e5ac85c22c9f0a6a612ab9a025a9e4ee7eef";

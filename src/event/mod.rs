@@ -1,0 +1,5 @@
+//! What a Stripe event is (placeholder doc, rewritten below).
+
+pub mod envelope;
+pub mod signature;
+pub mod testevent;

@@ -1,0 +1,3 @@
+//! Ingest.
+
+pub mod endpoint;

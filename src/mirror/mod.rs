@@ -1,0 +1,4 @@
+//! The mirror.
+
+pub mod project;
+pub mod replay;

@@ -1,0 +1,6 @@
+//! Operations.
+
+pub mod backup;
+pub mod export;
+pub mod restore;
+pub mod retention;
