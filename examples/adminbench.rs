@@ -28,10 +28,9 @@ use rusqlite::{params, Connection};
 use serde_json::{json, Value};
 
 use stripe_inbox::config::Config;
+use stripe_inbox::ingest::store::{store_event, Ingest, Source};
 use stripe_inbox::service::Service;
-use stripe_inbox::{
-    event::envelope, event::testevent, mirror::project, mirror::replay, store, store::writer,
-};
+use stripe_inbox::{event::envelope, event::testevent, store};
 
 const USAGE: &str = "usage: adminbench [--events N] [--db PATH] [--runs N] [--ingest-cost N]";
 const SPAN_DAYS: i64 = 60;
@@ -428,11 +427,10 @@ fn fill(path: &Path, target: u64) -> u64 {
             }
         }
     });
-    let first = count(path) + 1;
     let mut stored = 0u64;
     let mut batch = conn.unchecked_transaction().unwrap();
-    for (seq, (body, arrive_ms, deliveries)) in (first..).zip(rx) {
-        store(&batch, &body, seq, arrive_ms, deliveries);
+    for (body, arrive_ms, deliveries) in rx {
+        store(&batch, &body, arrive_ms, deliveries);
         stored += 1;
         if stored.is_multiple_of(20_000) {
             batch.commit().unwrap();
@@ -447,25 +445,21 @@ fn fill(path: &Path, target: u64) -> u64 {
     stored
 }
 
-/// Stores one event the way the writer does: project it, then insert it with its decision.
-fn store(conn: &Connection, body: &[u8], seq: i64, arrive_ms: i64, deliveries: i64) {
-    let env = envelope::parse(body).expect("valid event");
-    let input = replay::input(&env, body, seq);
-    let decision = project::apply(conn, &input, arrive_ms)
-        .map(|d| d.as_str())
-        .unwrap_or("projection_failed");
-    let row = writer::NewEvent {
-        envelope: &env,
-        body,
-        seq,
-        received_at_ms: arrive_ms,
-        last_received_at_ms: arrive_ms + (deliveries - 1) * 60_000,
-        deliveries,
+/// Stores one event through the one store path, as the writer does; a second delivery a minute
+/// later when `deliveries` is 2.
+fn store(conn: &Connection, body: &[u8], arrive_ms: i64, deliveries: i64) {
+    let mut ingest = Ingest {
+        envelope: envelope::parse(body).expect("valid event"),
+        body: body.to_vec(),
         secret_index: Some(0),
-        source: writer::Source::Webhook,
-        decision,
+        received_at_ms: arrive_ms,
+        source: Source::Webhook,
     };
-    writer::insert_event(conn, &row).expect("insert event");
+    store_event(conn, &ingest).expect("store event");
+    for _ in 1..deliveries {
+        ingest.received_at_ms += 60_000;
+        store_event(conn, &ingest).expect("count a delivery");
+    }
 }
 
 /// Starts the service on `path` and times each page.
@@ -691,7 +685,7 @@ fn measure_ingest_cost(dir: &Path, n: u64) {
                 let tx = conn.unchecked_transaction().unwrap();
                 for (j, (body, at)) in chunk.iter().enumerate() {
                     let seq = (i * 512 + j + 1) as i64;
-                    store(&tx, body, seq, *at, 1);
+                    store(&tx, body, *at, 1);
                     if fts {
                         tx.prepare_cached("INSERT INTO events_fts (rowid, body) VALUES (?1, ?2)")
                             .and_then(|mut s| {

@@ -1,6 +1,7 @@
-//! Fills a database with realistic events quickly, for measuring `backup`, `restore` and `prune` on
-//! a big file. It writes straight through a writer connection in big transactions (holding the
-//! database lock, as every writing command must), not over HTTP.
+//! Fills a database with realistic events quickly, for measuring `backup`, `restore`, `prune` and
+//! ingest on a big file. It stores them through the one store path (`store_event`: mirror and all)
+//! on a writer connection of its own in big transactions (holding the database lock, as every
+//! writing command must), not over HTTP.
 //!
 //! ```text
 //! cargo run --release --example filldb -- [--events 1000000] [--body-bytes 2000] [--days 400] OUT.db
@@ -8,13 +9,14 @@
 //!
 //! Bodies are Stripe's example objects as events, pretty-printed as Stripe sends them and padded
 //! with metadata to about `--body-bytes`; every event has its own id, and every four share an object.
-//! `received_at` is spread evenly over the last `--days` days, so `prune` has something to do.
+//! `received_at` (and each event's `created`) is spread evenly over the last `--days` days, so
+//! `prune` has something to do.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use rusqlite::params;
+use stripe_inbox::ingest::store::{store_event, Ingest, Source};
 use stripe_inbox::{event::envelope, event::testevent, store, time};
 
 const TYPES: [&str; 8] = [
@@ -31,19 +33,22 @@ const TYPES: [&str; 8] = [
 const EVENT_ID: &str = "evt_0000000000000000000000000000";
 /// Replaces the part after the object id's prefix (`pi_`, `cus_`, ...).
 const OBJECT_PART: &str = "1111111111111111111111111111";
+/// The `created` seconds of the template, overwritten per event (ten digits, as every second
+/// from 2001 to 2286 has).
+const CREATED: i64 = 1_111_111_111;
 const ROWS_PER_TRANSACTION: u64 = 50_000;
 
 struct Template {
-    event_type: &'static str,
     body: Vec<u8>,
     id_at: usize,
     /// Where the object id's placeholder is, and the id's prefix.
     object: Option<(usize, String)>,
-    envelope: envelope::Envelope,
+    /// Where the `created` placeholders are.
+    created_at: Vec<usize>,
 }
 
-fn template(event_type: &'static str, body_bytes: usize, created: i64) -> Template {
-    let mut event = testevent::build(event_type, created).expect("known type");
+fn template(event_type: &'static str, body_bytes: usize) -> Template {
+    let mut event = testevent::build(event_type, CREATED).expect("known type");
     event["id"] = EVENT_ID.into();
     let object = &mut event["data"]["object"];
     let prefix = object["id"]
@@ -85,13 +90,15 @@ fn template(event_type: &'static str, body_bytes: usize, created: i64) -> Templa
     };
     let id_at = find(EVENT_ID).expect("id placeholder");
     let object = find(OBJECT_PART).map(|at| (at, prefix));
-    let envelope = envelope::parse(&body).expect("a valid event");
+    let placeholder = CREATED.to_string();
+    let created_at = (0..body.len())
+        .filter(|&i| body[i..].starts_with(placeholder.as_bytes()))
+        .collect();
     Template {
-        event_type,
         body,
         id_at,
         object,
-        envelope,
+        created_at,
     }
 }
 
@@ -152,63 +159,44 @@ fn fill(
     let _lock = store::Lock::acquire(out)?;
     let conn = store::open_writer(out)?;
     let sql = |e| stripe_inbox::error::Error::sqlite("fill", e);
-    let first: i64 = conn
+    let first: u64 = conn
         .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM events", [], |r| {
-            r.get(0)
+            r.get::<_, i64>(0)
         })
-        .map_err(sql)?;
+        .map_err(sql)? as u64;
     let now_ms = time::now_ms();
     let span_ms = days * 86_400_000;
-    let templates: Vec<Template> = TYPES
-        .iter()
-        .map(|t| template(t, body_bytes, now_ms / 1000))
-        .collect();
+    let templates: Vec<Template> = TYPES.iter().map(|t| template(t, body_bytes)).collect();
     let mut bytes = 0u64;
     let mut done = 0u64;
     while done < events {
         let tx = conn.unchecked_transaction().map_err(sql)?;
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO events (id, seq, type, created, livemode, api_version, object_id,
-                        object_type, request_id, idempotency_key, body, received_at,
-                        last_received_at, secret_index)
-                     VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 0)",
-                )
-                .map_err(sql)?;
-            let end = (done + ROWS_PER_TRANSACTION).min(events);
-            for i in done..end {
-                let t = &templates[(i / 4 % templates.len() as u64) as usize];
-                let seq = first + i as i64;
-                let mut body = t.body.clone();
-                let id = base62(seq as u64, EVENT_ID.len() - 4);
-                body[t.id_at + 4..t.id_at + EVENT_ID.len()].copy_from_slice(&id);
-                let mut object_id = t.envelope.object_id.clone();
-                if let Some((at, prefix)) = &t.object {
-                    let part = base62(i / 4, OBJECT_PART.len());
-                    body[*at..at + part.len()].copy_from_slice(&part);
-                    object_id = Some(format!("{prefix}_{}", String::from_utf8_lossy(&part)));
-                }
-                let received_at = now_ms - span_ms + (span_ms * i as i64) / events.max(1) as i64;
-                insert
-                    .execute(params![
-                        format!("evt_{}", String::from_utf8_lossy(&id)),
-                        seq,
-                        t.event_type,
-                        received_at / 1000,
-                        t.envelope.api_version,
-                        object_id,
-                        t.envelope.object_type,
-                        t.envelope.request_id,
-                        t.envelope.idempotency_key,
-                        body,
-                        received_at,
-                    ])
-                    .map_err(sql)?;
-                bytes += body.len() as u64;
+        let end = (done + ROWS_PER_TRANSACTION).min(events);
+        for i in done..end {
+            let t = &templates[(i / 4 % templates.len() as u64) as usize];
+            let mut body = t.body.clone();
+            let id = base62(first + i, EVENT_ID.len() - 4);
+            body[t.id_at + 4..t.id_at + EVENT_ID.len()].copy_from_slice(&id);
+            if let Some((at, _)) = &t.object {
+                let part = base62(i / 4, OBJECT_PART.len());
+                body[*at..at + part.len()].copy_from_slice(&part);
             }
-            done = end;
+            let received_at = now_ms - span_ms + (span_ms * i as i64) / events.max(1) as i64;
+            let created = (received_at / 1000).to_string();
+            for at in &t.created_at {
+                body[*at..at + created.len()].copy_from_slice(created.as_bytes());
+            }
+            bytes += body.len() as u64;
+            let ingest = Ingest {
+                envelope: envelope::parse(&body).expect("a valid event"),
+                body,
+                secret_index: Some(0),
+                received_at_ms: received_at,
+                source: Source::Webhook,
+            };
+            store_event(&tx, &ingest)?;
         }
+        done = end;
         tx.commit().map_err(sql)?;
         eprint!("\rfilldb: {done} of {events} events");
     }

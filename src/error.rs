@@ -36,10 +36,32 @@ pub enum Error {
     /// over an existing database without `--force`, prune while `serve` runs, ...); `hint` says
     /// how to go on. Nothing was changed.
     Refused { msg: String, hint: String },
-    /// The writer thread is gone or its queue is full; the request should be retried later.
+    /// The writer's queue is full: nothing was done, and trying again in a moment may succeed.
+    Busy,
+    /// The writer thread is gone, or the transaction holding this work failed to begin or commit;
+    /// nothing of it stayed. Says which.
     Unavailable(String),
-    /// Anything else, with its full context in the message.
-    Other(String),
+    /// A command needs the database file and there is none at `path`.
+    NoDatabase { path: PathBuf },
+    /// What was asked for does not exist; `what` says so in full (`event evt_...: no such event`).
+    NotFound { what: String },
+    /// An event's body was emptied by retention, so it cannot be re-applied.
+    Pruned { event_id: String },
+    /// A database (the live one, a backup or a copy) failed a check; `msg` says which and how.
+    Damaged { path: PathBuf, msg: String },
+    /// Something kept a resource busy for longer than we wait; `what` says what and how long.
+    Timeout { what: String },
+    /// The operating system's random source or the password hash failed.
+    Crypto(String),
+    /// An outgoing HTTP request failed or was answered with an error status.
+    Http { what: String, msg: String },
+    /// A value could not be encoded as (or decoded from) JSON.
+    Json {
+        what: String,
+        err: serde_json::Error,
+    },
+    /// `check` found problems; each is one line.
+    Problems(Vec<String>),
 }
 
 impl Error {
@@ -116,8 +138,24 @@ impl fmt::Display for Error {
                 write!(f, "database {}: already served by {holder}", path.display())
             }
             Error::Refused { msg, .. } => write!(f, "{msg}"),
+            Error::Busy => write!(f, "writer busy: queue full"),
             Error::Unavailable(msg) => write!(f, "writer unavailable: {msg}"),
-            Error::Other(msg) => write!(f, "{msg}"),
+            Error::NoDatabase { path } => write!(f, "database {}: no such file", path.display()),
+            Error::NotFound { what } => write!(f, "{what}"),
+            Error::Pruned { event_id } => {
+                write!(f, "event {event_id}: its body was pruned by retention")
+            }
+            Error::Damaged { path, msg } => write!(f, "{}: {msg}", path.display()),
+            Error::Timeout { what } => write!(f, "{what}"),
+            Error::Crypto(msg) => write!(f, "{msg}"),
+            Error::Http { what, msg } => write!(f, "{what}: {msg}"),
+            Error::Json { what, err } => write!(f, "{what}: {err}"),
+            Error::Problems(problems) => write!(
+                f,
+                "check found {} problem(s): {}",
+                problems.len(),
+                problems.join("; ")
+            ),
         }
     }
 }
@@ -128,6 +166,7 @@ impl std::error::Error for Error {
             Error::Io { err, .. } => Some(err),
             Error::Sqlite { err, .. } => Some(err),
             Error::Pool(err) => Some(err),
+            Error::Json { err, .. } => Some(err),
             _ => None,
         }
     }

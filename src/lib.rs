@@ -94,13 +94,18 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod error;
 pub mod event;
+pub mod format;
+pub mod histogram;
 pub mod http;
 pub mod ingest;
 pub mod mirror;
 pub mod ops;
+pub mod periodic;
 pub mod service;
 pub mod store;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod time;

@@ -1,5 +1,7 @@
-//! Wall-clock helpers: unix time now, RFC 3339 parsing (thin events' `created`) and UTC formatting
-//! for humans. Hand-written because these three functions are all the crate needs of a date library.
+//! Time: the wall clock ([`now_ms`], the one function here that is not pure), RFC 3339 parsing
+//! (thin events' `created`), the times and durations people type (`--since 2026-01-31`, the admin's
+//! `from=`, `--older-than 90d`) and UTC formatting for humans. Hand-written because these few
+//! functions are all the crate needs of a date library.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -51,6 +53,40 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         _ => return None,
     };
     Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + min * 60 + sec - offset)
+}
+
+/// A time as people type it, to unix seconds: unix seconds (`1759590812`), a date (`2025-10-04`,
+/// midnight UTC), a date and time in UTC with or without seconds (`2025-10-04T15:13`, a browser's
+/// `datetime-local`; a space instead of `T` is fine), or full RFC 3339.
+pub fn parse_when(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().ok();
+    }
+    let text = text.replacen(' ', "T", 1);
+    match text.len() {
+        10 => parse_rfc3339(&format!("{text}T00:00:00Z")),
+        16 => parse_rfc3339(&format!("{text}:00Z")),
+        19 => parse_rfc3339(&format!("{text}Z")),
+        _ => parse_rfc3339(&text),
+    }
+}
+
+/// A duration as people type it, to milliseconds: a whole number and one unit, `s`, `m`, `h`, `d`
+/// or `w` (`90d`, `36h`, `2w`).
+pub fn parse_duration_ms(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let unit = text.chars().last()?;
+    let number: i64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
+    let ms = match unit {
+        's' => 1_000,
+        'm' => 60_000,
+        'h' => 3_600_000,
+        'd' => 86_400_000,
+        'w' => 7 * 86_400_000,
+        _ => return None,
+    };
+    number.checked_mul(ms).filter(|ms| *ms >= 0)
 }
 
 fn num_str(s: &str) -> Option<i64> {
@@ -119,6 +155,38 @@ mod tests {
         assert_eq!(parse_rfc3339("2025-10-04"), None);
         assert_eq!(parse_rfc3339("2025-13-04T15:13:32Z"), None);
         assert_eq!(parse_rfc3339("2025-10-04T15:13:32"), None);
+    }
+
+    #[test]
+    fn typed_times() {
+        assert_eq!(parse_when("1759590812"), Some(1_759_590_812));
+        assert_eq!(parse_when("2025-10-04"), Some(1_759_536_000));
+        assert_eq!(parse_when("2025-10-04T15:13:32Z"), Some(1_759_590_812));
+        assert_eq!(parse_when("2025-10-04T15:13"), Some(1_759_590_780));
+        assert_eq!(parse_when("2025-10-04 15:13:32"), Some(1_759_590_812));
+        for bad in ["", "yesterday", "2025-13-01", "-5", "2025-10-04T25:00"] {
+            assert_eq!(parse_when(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn typed_durations() {
+        assert_eq!(parse_duration_ms("90d"), Some(90 * 86_400_000));
+        assert_eq!(parse_duration_ms("2w"), Some(14 * 86_400_000));
+        assert_eq!(parse_duration_ms("36h"), Some(36 * 3_600_000));
+        assert_eq!(parse_duration_ms("30m"), Some(1_800_000));
+        assert_eq!(parse_duration_ms("10s"), Some(10_000));
+        for bad in [
+            "",
+            "d",
+            "90",
+            "90 days",
+            "-1d",
+            "1.5d",
+            "99999999999999999w",
+        ] {
+            assert_eq!(parse_duration_ms(bad), None, "{bad}");
+        }
     }
 
     #[test]

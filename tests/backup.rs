@@ -8,46 +8,34 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use stripe_inbox::ingest::store::{store_event, Ingest, Source};
 use stripe_inbox::ops::retention::Scheduler;
-use stripe_inbox::{ops::export, store, store::writer};
+use stripe_inbox::{ops::export, store};
 
 use crate::crash::assert_mirror_consistent;
 use crate::support::process::{text, try_post, Server};
 use crate::support::{event, event_id, TempDir, TestApp};
 
-/// Writes `n` realistic events straight into a database no server holds (a test standing in for
-/// history), in one transaction; returns their ids.
+/// Writes `n` realistic events into a database no server holds (a test standing in for history),
+/// through the one store path, in one transaction; returns their ids.
 fn fill(database: &Path, n: usize) -> Vec<String> {
     let _lock = store::Lock::acquire(database).unwrap();
     let conn = store::open_writer(database).unwrap();
-    let next: i64 = conn
-        .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM events", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
     let tx = conn.unchecked_transaction().unwrap();
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let body = event(["invoice.paid", "customer.updated", "charge.refunded"][i % 3]);
-        let env = stripe_inbox::event::envelope::parse(&body).unwrap();
-        let now = stripe_inbox::time::now_ms();
-        let row = writer::NewEvent {
-            envelope: &env,
-            body: &body,
-            seq: next + i as i64,
-            received_at_ms: now,
-            last_received_at_ms: now,
-            deliveries: 1,
+        let ingest = Ingest {
+            envelope: stripe_inbox::event::envelope::parse(&body).unwrap(),
+            body,
             secret_index: Some(0),
-            source: writer::Source::Webhook,
-            decision: "applied",
+            received_at_ms: stripe_inbox::time::now_ms(),
+            source: Source::Webhook,
         };
-        writer::insert_event(&tx, &row).unwrap();
-        ids.push(env.id);
+        store_event(&tx, &ingest).unwrap();
+        ids.push(ingest.envelope.id);
     }
     tx.commit().unwrap();
-    // Written in bulk past the writer's thread, so derive the mirror (and each decision) as it would.
-    stripe_inbox::mirror::replay::rebuild_all(&conn, 100_000, |_, _| {}).unwrap();
     ids
 }
 
@@ -491,14 +479,14 @@ fn serve_prunes_through_its_writer_while_taking_webhooks() {
     }
     let writer = app.service.as_ref().unwrap().writer();
     writer
-        .run(Box::new(|conn| {
+        .run(|conn| {
             conn.execute(
                 "UPDATE events SET received_at = received_at - 100 * 86400000 WHERE seq <= 20",
                 [],
             )
             .map(|_| ())
             .map_err(|e| stripe_inbox::error::Error::sqlite("age events", e))
-        }))
+        })
         .unwrap();
     // The event whose state the mirror holds stays, whatever its age.
     let protected: i64 = store::open_read_only(&app.db_path())

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stripe_inbox::{ops::backup, store};
+use stripe_inbox::store;
 
 use crate::support::process::{try_post, Rng, Server};
 use crate::support::{event, event_id, TempDir};
@@ -24,7 +24,7 @@ const TYPES: [&str; 4] = [
 
 /// Checks that a database is whole and that its events agree with themselves: integrity, one row
 /// per id and per seq, each row's id the id in its body, the crate's structural mirror check
-/// ([`backup::mirror_problems`]) and, when no server holds the file, that the mirror equals a
+/// ([`stripe_inbox::mirror::queries::mirror_problems`]) and, when no server holds the file, that the mirror equals a
 /// rebuild from the events ([`stripe_inbox::mirror::replay::verify_mirror`]).
 pub fn assert_mirror_consistent(db: &Path) {
     let conn = store::open_read_only(db).unwrap();
@@ -50,7 +50,7 @@ pub fn assert_mirror_consistent(db: &Path) {
         let (id, body) = row.unwrap();
         assert_eq!(event_id(&body), id, "the row's id is its body's id");
     }
-    let mirror = backup::mirror_problems(&conn).unwrap();
+    let mirror = stripe_inbox::mirror::queries::mirror_problems(&conn).unwrap();
     assert!(mirror.is_empty(), "mirror: {mirror:?}");
     // When no server holds it, the mirror must equal a rebuild from the events.
     if let Ok(lock) = store::Lock::acquire(db) {

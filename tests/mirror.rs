@@ -18,7 +18,7 @@ fn in_order(all: &[Stream]) -> String {
     for stream in all {
         for event in &stream.events {
             seq += 1;
-            streams::deliver(&conn, event, seq, true).unwrap();
+            streams::deliver(&conn, event, seq * 1000).unwrap();
         }
     }
     streams::dump(&conn).unwrap()
@@ -341,11 +341,11 @@ fn check_compares_the_mirror_with_a_rebuild() {
     // Damage the mirror behind the rules' back, through the writer.
     let writer = app.service.as_ref().unwrap().writer();
     writer
-        .run(Box::new(|conn| {
+        .run(|conn| {
             conn.execute("UPDATE objects SET data = '{}' WHERE type = 'invoice'", [])
                 .map(|_| ())
                 .map_err(|e| stripe_inbox::error::Error::sqlite("damage", e))
-        }))
+        })
         .unwrap();
     app.stop();
 

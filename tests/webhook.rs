@@ -300,11 +300,11 @@ fn full_queue_answers_503_with_retry_after() {
     let (started_tx, started) = std::sync::mpsc::channel::<()>();
     let parker = std::thread::spawn(move || {
         writer
-            .run(Box::new(move |_conn| {
+            .run(move |_conn| {
                 started_tx.send(()).unwrap();
                 parked.recv().unwrap();
                 Ok(())
-            }))
+            })
             .unwrap();
     });
     started.recv().unwrap();
@@ -362,20 +362,20 @@ fn database_error_answers_503_and_recovers() {
     // A temporary trigger on the writer's connection makes every insert fail, as a broken disk would.
     let fail = "CREATE TEMP TRIGGER fail_insert BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;";
     writer
-        .run(Box::new(move |conn| {
+        .run(move |conn| {
             conn.execute_batch(fail)
                 .map_err(|e| Error::sqlite("add trigger", e))
-        }))
+        })
         .unwrap();
     let body = event("invoice.finalized");
     let reply = app.post_signed(&body);
     assert_eq!(reply.status, 503, "{reply:?}");
     assert!(reply.header("retry-after").is_some());
     writer
-        .run(Box::new(|conn| {
+        .run(|conn| {
             conn.execute_batch("DROP TRIGGER temp.fail_insert")
                 .map_err(|e| Error::sqlite("drop trigger", e))
-        }))
+        })
         .unwrap();
     assert_eq!(app.event_count(), 0);
     // Stripe's retry of the same event now succeeds.
@@ -389,10 +389,10 @@ fn a_failing_projection_still_stores_the_event() {
     let writer = app.service.as_ref().unwrap().writer();
     let fail = "CREATE TEMP TRIGGER fail_project BEFORE INSERT ON objects BEGIN SELECT RAISE(ABORT, 'bug'); END;";
     writer
-        .run(Box::new(move |conn| {
+        .run(move |conn| {
             conn.execute_batch(fail)
                 .map_err(|e| Error::sqlite("add trigger", e))
-        }))
+        })
         .unwrap();
     let body = event("customer.created");
     assert_eq!(
@@ -417,16 +417,16 @@ fn a_failing_projection_still_stores_the_event() {
 
     // Once the fault is gone, rebuilding the object from its events repairs the mirror.
     writer
-        .run(Box::new(|conn| {
+        .run(|conn| {
             conn.execute_batch("DROP TRIGGER temp.fail_project")
                 .map_err(|e| Error::sqlite("drop", e))
-        }))
+        })
         .unwrap();
     let oid = object_id.clone();
     writer
-        .run(Box::new(move |conn| {
+        .run(move |conn| {
             stripe_inbox::mirror::replay::rebuild_object(conn, &oid).map(|n| assert_eq!(n, 1))
-        }))
+        })
         .unwrap();
     let (decision,): (String,) = conn
         .query_row("SELECT decision FROM events WHERE id = ?1", [&id], |r| {

@@ -12,7 +12,8 @@
 use rusqlite::types::Value as SqlValue;
 use serde_json::{json, Value};
 
-use crate::admin::form::{decode, decode_path};
+use crate::admin::form::{decode_path, Form};
+use crate::crypto;
 use crate::http::{Request, Response};
 use crate::ingest::endpoint::error;
 use crate::store::ReadPool;
@@ -37,7 +38,7 @@ impl Api {
             .header("authorization")
             .and_then(|h| h.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+        if !crypto::ct_eq(given.trim().as_bytes(), token.as_bytes()) {
             return error(401, "unauthorized: send Authorization: Bearer <token>")
                 .with_header("WWW-Authenticate", "Bearer")
                 .with_log("api=unauthorized");
@@ -81,7 +82,7 @@ impl Api {
         let mut clauses = Vec::new();
         let mut params: Vec<SqlValue> = Vec::new();
         let mut limit = DEFAULT_LIMIT;
-        for (key, value) in parse_query(query) {
+        for (key, value) in Form::parse(query).0 {
             let mut add = |clause: &str, value: String| {
                 params.push(SqlValue::Text(value));
                 clauses.push(clause.replace('?', &format!("?{}", params.len())));
@@ -170,26 +171,6 @@ fn internal(e: rusqlite::Error) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
-/// `a=1&metadata%5Bcart_id%5D=x` → `[("a","1"), ("metadata[cart_id]","x")]`.
-pub fn parse_query(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,19 +178,12 @@ mod tests {
     #[test]
     fn query_parsing() {
         assert_eq!(
-            parse_query("type=subscription&metadata%5Bcart_id%5D=c+1&customer=cus_%41"),
+            Form::parse("type=subscription&metadata%5Bcart_id%5D=c+1&customer=cus_%41").0,
             vec![
                 ("type".to_string(), "subscription".to_string()),
                 ("metadata[cart_id]".to_string(), "c 1".to_string()),
                 ("customer".to_string(), "cus_A".to_string()),
             ]
         );
-    }
-
-    #[test]
-    fn token_compare() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 }

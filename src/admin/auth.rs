@@ -32,6 +32,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::admin::form::{cookie, Form};
+use crate::crypto::{self, random_bytes, to_hex};
 use crate::error::{Error, Result};
 use crate::http::Request;
 
@@ -97,7 +98,7 @@ impl Auth {
     pub fn new(password: Option<&str>, cookie_secure: bool) -> Result<Auth> {
         let password = match password {
             Some(p) => {
-                let salt: [u8; 16] = random()?;
+                let salt: [u8; 16] = random_bytes()?;
                 let hash = kdf(p, &salt)?;
                 Some(Hashed { salt, hash })
             }
@@ -105,7 +106,7 @@ impl Auth {
         };
         Ok(Auth {
             password,
-            key: random()?,
+            key: random_bytes()?,
             secure: cookie_secure,
             sessions: Mutex::new(HashMap::new()),
             limiter: Mutex::new(Limiter::default()),
@@ -188,10 +189,10 @@ impl Auth {
                 }
             }
         };
-        if !ct_eq_bytes(&candidate, &stored.hash) {
+        if !crypto::ct_eq(&candidate, &stored.hash) {
             return Login::Wrong;
         }
-        let Ok(id) = random::<32>().map(hex) else {
+        let Ok(id) = random_bytes::<32>().map(|b| to_hex(&b)) else {
             return Login::Wrong;
         };
         let mut sessions = self.sessions.lock().expect("admin sessions lock poisoned");
@@ -243,10 +244,12 @@ impl Auth {
             _ => {
                 // The random source failing is not expected; a token of zeros still works but
                 // is guessable, so log it loudly.
-                let v = random::<32>().map(hex).unwrap_or_else(|e| {
-                    log::error!("admin csrf cookie: {e}");
-                    "0".repeat(64)
-                });
+                let v = random_bytes::<32>()
+                    .map(|b| to_hex(&b))
+                    .unwrap_or_else(|e| {
+                        log::error!("admin csrf cookie: {e}");
+                        "0".repeat(64)
+                    });
                 let set = self.cookie(self.csrf_cookie_name(), &v, None);
                 (v, Some(set))
             }
@@ -257,7 +260,7 @@ impl Auth {
         let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
         mac.update(b"stripe-inbox csrf\0");
         mac.update(binding.as_bytes());
-        hex(mac.finalize().into_bytes().into())
+        to_hex(&mac.finalize().into_bytes())
     }
 
     fn session_cookie_name(&self) -> &'static str {
@@ -338,18 +341,8 @@ fn kdf(password: &str, salt: &[u8]) -> Result<[u8; 32]> {
     let mut out = [0u8; 32];
     argon2::Argon2::default()
         .hash_password_into(password.as_bytes(), salt, &mut out)
-        .map_err(|e| Error::Other(format!("hash admin password: {e}")))?;
+        .map_err(|e| Error::Crypto(format!("hash admin password: {e}")))?;
     Ok(out)
-}
-
-fn random<const N: usize>() -> Result<[u8; N]> {
-    let mut b = [0u8; N];
-    getrandom::fill(&mut b).map_err(|e| Error::Other(format!("read random bytes: {e}")))?;
-    Ok(b)
-}
-
-fn hex<const N: usize>(b: [u8; N]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn digest(s: &str) -> [u8; 32] {
@@ -358,15 +351,7 @@ fn digest(s: &str) -> [u8; 32] {
 
 /// Compares two strings in time that depends only on their lengths.
 fn ct_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && ct_eq_bytes(a.as_bytes(), b.as_bytes())
-}
-
-fn ct_eq_bytes(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
+    crypto::ct_eq(a.as_bytes(), b.as_bytes())
 }
 
 /// Token buckets: per client address and overall.

@@ -11,10 +11,11 @@ use std::sync::atomic::Ordering;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::admin::auth::Viewer;
-use crate::admin::html::{self, esc, Bar, Frame, OUTCOMES};
+use crate::admin::html::{self, esc, Bar, Frame};
 use crate::admin::router::{file_size, page_response, wal_path, Admin};
 use crate::error::{Error, Result};
 use crate::http::Response;
+use crate::mirror::{Decision, Outcome};
 use crate::time::now_ms;
 
 /// Past this age of the newest event the dashboard warns that nothing is arriving.
@@ -71,8 +72,8 @@ pub fn summary(conn: &Connection, now_ms: i64) -> Result<Summary> {
     s.pending = conn
         .query_row(
             "SELECT (SELECT COUNT(*) FROM events WHERE decision IS NULL)
-                  + (SELECT COUNT(*) FROM events WHERE decision = 'projection_failed')",
-            [],
+                  + (SELECT COUNT(*) FROM events WHERE decision = ?1)",
+            [Decision::ProjectionFailed.as_str()],
             |r| r.get(0),
         )
         .map_err(q("count unprojected events"))?;
@@ -103,11 +104,8 @@ pub fn summary(conn: &Connection, now_ms: i64) -> Result<Summary> {
         .map_err(q("chart"))?;
     for row in rows {
         let (hour, decision, n) = row.map_err(q("chart"))?;
-        let outcome = html::outcome_of(decision.as_deref());
-        let slot = OUTCOMES
-            .iter()
-            .position(|(k, _)| *k == outcome)
-            .unwrap_or(0);
+        let outcome = Outcome::of(decision.as_deref());
+        let slot = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         if let Some(bar) = s.bars.get_mut((hour - first_hour).max(0) as usize) {
             bar.counts[slot] += n.max(0) as u64;
         }

@@ -22,7 +22,9 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use crate::admin::form::Form;
 use crate::admin::html::url_encode;
 use crate::error::{Error, Result};
-use crate::time::{format_utc, parse_rfc3339};
+use crate::event::types;
+use crate::mirror::Decision;
+use crate::time::{self, format_utc};
 
 /// Rows per page.
 pub const PAGE: usize = 50;
@@ -47,21 +49,6 @@ const MAX_DISTINCT: usize = 2_000;
 /// range is turned into a `seq` range: events are numbered by the writer a moment after they
 /// arrive, so concurrent ones may swap by a few milliseconds; 5 s is far more than that.
 const ARRIVAL_SLACK_MS: i64 = 5_000;
-
-/// Every decision the mirror records, for the filter menu.
-pub const DECISIONS: &[&str] = &[
-    "applied",
-    "created_ignored",
-    "stale",
-    "unchanged",
-    "tie_resolved:causal",
-    "tie_resolved:lifecycle",
-    "tie_resolved:last_arrival",
-    "tombstoned",
-    "deleted_ignored",
-    "no_object",
-    "projection_failed",
-];
 
 /// The list filters, from the query string.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -133,15 +120,9 @@ impl Filter {
     }
 }
 
-/// `2026-01-02T03:04` or `2026-01-02T03:04:05` (UTC, as a `datetime-local` input sends it).
+/// A `from=`/`to=` value (`2026-01-02T03:04` as a `datetime-local` input sends it, UTC) in unix ms.
 fn parse_time(s: &str) -> Option<i64> {
-    let s = s.trim().replace(' ', "T");
-    let full = match s.len() {
-        16 => format!("{s}:00Z"),
-        19 => format!("{s}Z"),
-        _ => s.to_string(),
-    };
-    parse_rfc3339(&full).map(|secs| secs * 1000)
+    time::parse_when(s).map(|secs| secs * 1000)
 }
 
 /// The `datetime-local` value of unix ms (UTC).
@@ -210,7 +191,7 @@ pub fn find(conn: &Connection, filter: &Filter, budget: Budget) -> Result<Found>
         Some(p) if p.contains('*') => Some(
             distinct(conn, "type")?
                 .into_iter()
-                .filter(|t| glob(p, t))
+                .filter(|t| types::matches(p, t))
                 .map(Some)
                 .collect::<Vec<_>>(),
         ),
@@ -222,7 +203,7 @@ pub fn find(conn: &Connection, filter: &Filter, budget: Budget) -> Result<Found>
         Some(p) if p.contains('*') => Some(
             distinct(conn, "decision")?
                 .into_iter()
-                .filter(|d| glob(p, d))
+                .filter(|d| types::matches(p, d))
                 .map(Some)
                 .collect::<Vec<_>>(),
         ),
@@ -235,7 +216,7 @@ pub fn find(conn: &Connection, filter: &Filter, budget: Budget) -> Result<Found>
         Drive::Object(object.clone())
     } else if let Some(d) = decisions
         .as_ref()
-        .filter(|d| types.is_none() || !d.contains(&Some("applied".to_string())))
+        .filter(|d| types.is_none() || !d.contains(&Some(Decision::Applied.as_str().to_string())))
     {
         Drive::Values("decision", "events_decision_seq", d.clone())
     } else if let Some(t) = &types {
@@ -483,47 +464,9 @@ pub fn distinct(conn: &Connection, col: &'static str) -> Result<Vec<String>> {
         .map_err(|e| Error::sqlite(format!("list distinct {col}"), e))
 }
 
-/// `*` matches any run of characters; everything else matches itself.
-pub fn glob(pattern: &str, s: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == s;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !s.starts_with(first) || !s[first.len()..].ends_with(last) {
-        return false;
-    }
-    let mut rest = &s[first.len()..s.len() - last.len()];
-    for middle in &parts[1..parts.len() - 1] {
-        match rest.find(middle) {
-            Some(at) => rest = &rest[at + middle.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn glob_patterns() {
-        for (p, s, ok) in [
-            ("invoice.*", "invoice.paid", true),
-            ("invoice.*", "invoice_item.created", false),
-            ("*.deleted", "customer.subscription.deleted", true),
-            ("*", "anything", true),
-            ("customer.*.deleted", "customer.subscription.deleted", true),
-            ("customer.*.deleted", "customer.deleted", false),
-            ("a*b*c", "abc", true),
-            ("a*b*c", "acb", false),
-            ("exact", "exact", true),
-            ("exact", "exactly", false),
-        ] {
-            assert_eq!(glob(p, s), ok, "{p} {s}");
-        }
-    }
 
     #[test]
     fn filters_round_trip_through_the_query() {
@@ -535,7 +478,7 @@ mod tests {
         assert_eq!(f.text.as_deref(), Some("a@b.c"));
         assert_eq!(
             f.from_ms,
-            Some(parse_rfc3339("2026-01-02T03:04:00Z").unwrap() * 1000)
+            Some(time::parse_rfc3339("2026-01-02T03:04:00Z").unwrap() * 1000)
         );
         assert_eq!(f.before, Some(99));
         let again = Filter::from_query(&Form::parse(&f.query(Some(99))));

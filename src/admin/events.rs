@@ -7,12 +7,13 @@ use std::fmt::Write as _;
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::admin::auth::Viewer;
-use crate::admin::event_search::{self, find, input_time, Filter, Row, DECISIONS, SCAN_BUDGET};
+use crate::admin::event_search::{self, find, input_time, Filter, Row, SCAN_BUDGET};
 use crate::admin::form::Form;
 use crate::admin::html::{self, esc, url_encode, Frame};
 use crate::admin::router::{page_response, redirect, Admin};
 use crate::error::{Error, Result};
 use crate::http::{Request, Response};
+use crate::mirror::Decision;
 use crate::time::format_utc;
 
 /// `GET /events`.
@@ -115,7 +116,7 @@ fn filter_form(body: &mut String, filter: &Filter, types: &[String]) {
         val(&filter.object)
     );
     let mut options: Vec<&str> = vec!["pending"];
-    options.extend(DECISIONS);
+    options.extend(Decision::ALL.iter().map(Decision::as_str));
     options.push("tie_resolved:*");
     for d in options {
         let selected = if filter.decision.as_deref() == Some(d) {
@@ -440,14 +441,11 @@ pub fn replay(admin: &Admin, id: &str) -> Result<Response> {
             html::message_page("No such event", "No event with this id is stored."),
         ));
     }
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let event_id = id.to_string();
-    admin.writer.run(Box::new(move |conn| {
-        let decision = crate::mirror::replay::replay_event(conn, &event_id)?;
-        let _ = tx.send(decision);
-        Ok(())
-    }))?;
-    let decision = rx.recv().unwrap_or_default();
+    let decision = admin
+        .writer
+        .run(move |conn| crate::mirror::replay::replay_event(conn, &event_id))?
+        .as_str();
     log::info!("admin replayed event={id} decision={decision}");
     Ok(
         redirect(&format!("/events/{}?done=replayed", url_encode(id)))

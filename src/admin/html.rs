@@ -10,6 +10,8 @@
 
 use std::fmt::{self, Write as _};
 
+pub use crate::format::{age, bytes, thousands};
+use crate::mirror::{Decision, Outcome, TieRule};
 use crate::time::format_utc;
 
 /// The stylesheet, served as `/admin.css` (the only stylesheet; no fonts, no images).
@@ -164,26 +166,6 @@ pub fn time_cell(secs: i64) -> String {
     )
 }
 
-/// A short age: `42 s`, `7 min`, `5 h`, `3 days`.
-pub fn age(secs: i64) -> String {
-    match secs.max(0) {
-        s if s < 120 => format!("{s} s"),
-        s if s < 7200 => format!("{} min", s / 60),
-        s if s < 172_800 => format!("{} h", s / 3600),
-        s => format!("{} days", s / 86_400),
-    }
-}
-
-/// `512 B`, `3.0 MiB`...
-pub fn bytes(n: u64) -> String {
-    match n {
-        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
-        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
-        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
-        n => format!("{n} B"),
-    }
-}
-
 /// "No events match." or, when the search stopped at its budget, "No events match among the 20,000
 /// events examined." (`what` is the plural noun; `examined` the noun after the count, or empty).
 pub fn no_matches(body: &mut String, what: &str, limited: bool, scanned: u64, examined: &str) {
@@ -202,70 +184,33 @@ pub fn no_matches(body: &mut String, what: &str, limited: bool, scanned: u64, ex
     body.push_str(".</p>");
 }
 
-/// `1,234,567`.
-pub fn thousands(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    if n < 0 {
-        out.push('-');
-    }
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// The outcome groups the dashboard chart and the badges use, in stacking order.
-pub const OUTCOMES: &[(&str, &str)] = &[
-    ("applied", "applied"),
-    ("tie", "tie resolved"),
-    ("ignored", "older, ignored"),
-    ("deleted", "deleted"),
-    ("no_object", "nothing to mirror"),
-    ("pending", "not projected"),
-];
-
-/// Which outcome group a decision (`events.decision`) belongs to.
-pub fn outcome_of(decision: Option<&str>) -> &'static str {
-    match decision {
-        None | Some("projection_failed") => "pending",
-        Some("applied") => "applied",
-        Some(d) if d.starts_with("tie_resolved") => "tie",
-        Some("created_ignored" | "stale" | "unchanged" | "deleted_ignored") => "ignored",
-        Some("tombstoned") => "deleted",
-        Some("no_object") => "no_object",
-        Some(_) => "ignored",
-    }
-}
-
-/// A decision as a coloured badge.
+/// A decision (`events.decision` as stored; `None`: not projected) as a coloured badge.
 pub fn decision_badge(decision: Option<&str>) -> String {
     format!(
         "<span class=\"badge o-{}\">{}</span>",
-        outcome_of(decision),
+        Outcome::of(decision).as_str(),
         esc(decision.unwrap_or("not projected"))
     )
 }
 
-/// What a decision means, in a sentence, for the event page.
+/// What a stored decision means, in a sentence, for the event page.
 pub fn decision_explained(decision: Option<&str>) -> &'static str {
-    match decision {
-        None => "The mirror has not looked at this event yet (it arrived before the mirror existed, or the mirror was rebuilt): replay it to project it.",
-        Some("applied") => "The event carried the newest state of its object, so the mirror now holds (or held) its data.",
-        Some("created_ignored") => "A *.created event about an object the mirror already had: a create never overwrites a state, because an update that arrived first is newer.",
-        Some("stale") => "The event is older (by event.created) than the state the mirror already held, so it changed nothing.",
-        Some("unchanged") => "Same second and same data as the state the mirror held: nothing to decide.",
-        Some("tie_resolved:causal") => "Another event about the object came in the same second with different data; previous_attributes showed which state follows which.",
-        Some("tie_resolved:lifecycle") => "Another event about the object came in the same second with different data; the one-way status order (e.g. draft < open < paid) decided.",
-        Some("tie_resolved:last_arrival") => "Another event about the object came in the same second with different data and nothing showed their order: the last arrival won and the object is flagged uncertain.",
-        Some("tombstoned") => "A *.deleted event: the object is kept as a tombstone holding its last state; nothing older or as old resurrects it.",
-        Some("deleted_ignored") => "The object was already deleted by an event as new or newer than this one, so this one was ignored.",
-        Some("no_object") => "Nothing to mirror: a thin event, an event without an object id, or a deleted stub.",
-        Some("projection_failed") => "The mirror could not apply this event when it arrived (the server log has the reason); the event itself is stored. Replay it once the cause is fixed.",
-        Some(_) => "A decision this build does not describe.",
+    let Some(text) = decision else {
+        return "The mirror has not looked at this event yet (it arrived before the mirror existed, or the mirror was rebuilt): replay it to project it.";
+    };
+    match Decision::parse(text) {
+        Some(Decision::Applied) => "The event carried the newest state of its object, so the mirror now holds (or held) its data.",
+        Some(Decision::CreatedIgnored) => "A *.created event about an object the mirror already had: a create never overwrites a state, because an update that arrived first is newer.",
+        Some(Decision::Stale) => "The event is older (by event.created) than the state the mirror already held, so it changed nothing.",
+        Some(Decision::Unchanged) => "Same second and same data as the state the mirror held: nothing to decide.",
+        Some(Decision::TieResolved(TieRule::Causal)) => "Another event about the object came in the same second with different data; previous_attributes showed which state follows which.",
+        Some(Decision::TieResolved(TieRule::Lifecycle)) => "Another event about the object came in the same second with different data; the one-way status order (e.g. draft < open < paid) decided.",
+        Some(Decision::TieResolved(TieRule::LastArrival)) => "Another event about the object came in the same second with different data and nothing showed their order: the last arrival won and the object is flagged uncertain.",
+        Some(Decision::Tombstoned) => "A *.deleted event: the object is kept as a tombstone holding its last state; nothing older or as old resurrects it.",
+        Some(Decision::DeletedIgnored) => "The object was already deleted by an event as new or newer than this one, so this one was ignored.",
+        Some(Decision::NoObject) => "Nothing to mirror: a thin event, an event without an object id, or a deleted stub.",
+        Some(Decision::ProjectionFailed) => "The mirror could not apply this event when it arrived (the server log has the reason); the event itself is stored. Replay it once the cause is fixed.",
+        None => "A decision this build does not describe.",
     }
 }
 
@@ -411,7 +356,8 @@ pub fn id_link(s: &str) -> Option<String> {
     }
 }
 
-/// One bar of the chart: its hour (unix seconds) and a count per entry of [`OUTCOMES`].
+/// One bar of the chart: its hour (unix seconds) and a count per [`Outcome`], in the order of
+/// [`Outcome::ALL`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Bar {
     pub hour: i64,
@@ -463,9 +409,9 @@ pub fn chart_svg(bars: &[Bar]) -> String {
             hour_label(bar.hour),
             thousands(total as i64)
         );
-        for (n, (_, label)) in bar.counts.iter().zip(OUTCOMES) {
+        for (n, outcome) in bar.counts.iter().zip(Outcome::ALL) {
             if *n > 0 {
-                let _ = write!(tip, ", {} {label}", thousands(*n as i64));
+                let _ = write!(tip, ", {} {}", thousands(*n as i64), outcome.label());
             }
         }
         let _ = write!(out, "<g><title>{}</title>", esc(&tip));
@@ -475,7 +421,8 @@ pub fn chart_svg(bars: &[Bar]) -> String {
             "<rect class=\"hit\" x=\"{x:.1}\" y=\"{TOP}\" width=\"{width:.1}\" height=\"{plot_h:.1}\"/>"
         );
         let mut y = TOP + plot_h;
-        for (n, (key, _)) in bar.counts.iter().zip(OUTCOMES) {
+        for (n, outcome) in bar.counts.iter().zip(Outcome::ALL) {
+            let key = outcome.as_str();
             if *n == 0 {
                 continue;
             }
@@ -499,8 +446,13 @@ pub fn chart_svg(bars: &[Bar]) -> String {
         }
     }
     out.push_str("</svg><p class=\"legend\">");
-    for (key, label) in OUTCOMES {
-        let _ = write!(out, "<span class=\"sw o-{key}\"></span>{label} ");
+    for outcome in Outcome::ALL {
+        let _ = write!(
+            out,
+            "<span class=\"sw o-{}\"></span>{} ",
+            outcome.as_str(),
+            outcome.label()
+        );
     }
     out.push_str("</p>");
     out
@@ -651,14 +603,16 @@ mod tests {
     }
 
     #[test]
-    fn numbers_and_outcomes() {
-        assert_eq!(thousands(1_234_567), "1,234,567");
-        assert_eq!(thousands(-1000), "-1,000");
-        assert_eq!(thousands(12), "12");
-        assert_eq!(bytes(3 << 20), "3.0 MiB");
-        assert_eq!(age(7300), "2 h");
-        assert_eq!(outcome_of(Some("tie_resolved:causal")), "tie");
-        assert_eq!(outcome_of(None), "pending");
+    fn badges_and_explanations() {
         assert!(decision_badge(Some("<x>")).contains("&lt;x&gt;"));
+        assert!(decision_badge(Some("tie_resolved:causal")).contains("o-tie"));
+        assert!(decision_badge(None).contains("o-pending"));
+        for d in Decision::ALL {
+            assert_ne!(
+                decision_explained(Some(d.as_str())),
+                decision_explained(Some("made-up")),
+                "{d:?} is explained"
+            );
+        }
     }
 }

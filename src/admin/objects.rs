@@ -756,14 +756,10 @@ fn related(conn: &Connection, customer: &str) -> Result<Vec<Item>> {
 
 /// `POST /objects/{id}/rebuild` (CSRF already checked): re-derives the object through the writer.
 pub fn rebuild(admin: &Admin, id: &str) -> Result<Response> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let object_id = id.to_string();
-    admin.writer.run(Box::new(move |conn| {
-        let n = crate::mirror::replay::rebuild_object(conn, &object_id)?;
-        let _ = tx.send(n);
-        Ok(())
-    }))?;
-    let n = rx.recv().unwrap_or(0);
+    let n = admin
+        .writer
+        .run(move |conn| crate::mirror::replay::rebuild_object(conn, &object_id))?;
     log::info!("admin rebuilt object={id} events={n}");
     Ok(
         redirect(&format!("/objects/{}?done=rebuilt&n={n}", url_encode(id)))

@@ -3,3 +3,4 @@
 pub mod envelope;
 pub mod signature;
 pub mod testevent;
+pub mod types;

@@ -15,6 +15,8 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use crate::crypto::{self, to_hex};
+
 /// Why a request's signature was rejected; mirrors stripe-go's four sentinel errors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignatureError {
@@ -141,7 +143,7 @@ pub fn verify(
         // Check every candidate without stopping early, so timing says nothing about which matched.
         let mut any = false;
         for candidate in &parsed.v1 {
-            any |= constant_time_eq(&expected, candidate);
+            any |= crypto::ct_eq(&expected, candidate);
         }
         if any && matched.is_none() {
             matched = Some(index);
@@ -177,15 +179,6 @@ fn mac(secret: &str, timestamp: i64, body: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let mut diff = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        diff |= x ^ y;
-    }
-    // black_box keeps the optimiser from turning the loop into an early-exit comparison.
-    std::hint::black_box(diff) == 0
-}
-
 fn decode_hex32(s: &str) -> Option<[u8; 32]> {
     let bytes = s.as_bytes();
     if bytes.len() != 64 {
@@ -198,17 +191,6 @@ fn decode_hex32(s: &str) -> Option<[u8; 32]> {
         out[i] = (hi * 16 + lo) as u8;
     }
     Some(out)
-}
-
-/// Lowercase hex.
-pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
 }
 
 #[cfg(test)]

@@ -3,9 +3,12 @@
 //! `stripe trigger`), by the tests and by the load generator.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
+
+use crate::event::types::object_type_for_event;
 
 /// Stripe's example objects, keyed by object type.
 pub const FIXTURES: &str = include_str!("../fixtures/stripe_objects.json");
@@ -44,33 +47,18 @@ pub const KNOWN_TYPES: &[&str] = &[
     "price.updated",
 ];
 
-/// The object type an event type carries, e.g. `customer.subscription.updated` → `subscription`.
-pub fn object_type_of(event_type: &str) -> &str {
-    for (prefix, object) in [
-        ("customer.subscription.", "subscription"),
-        ("checkout.session.", "checkout.session"),
-        ("charge.dispute.", "dispute"),
-        ("charge.refund.", "refund"),
-    ] {
-        if event_type.starts_with(prefix) {
-            return object;
-        }
-    }
-    event_type
-        .rsplit_once('.')
-        .map_or(event_type, |(object, _)| object)
-}
-
 /// Stripe's example object of a type, if the fixtures have one.
 pub fn fixture(object_type: &str) -> Option<Value> {
-    let all: Value = serde_json::from_str(FIXTURES).ok()?;
-    all.get(object_type).cloned()
+    static ALL: OnceLock<Value> = OnceLock::new();
+    ALL.get_or_init(|| serde_json::from_str(FIXTURES).unwrap_or(Value::Null))
+        .get(object_type)
+        .cloned()
 }
 
 /// Builds a complete, realistic event of `event_type` created at `created`, with a fresh id.
 /// The object keeps its fixture id, so repeated test events update one mirrored object.
 pub fn build(event_type: &str, created: i64) -> Option<Value> {
-    let mut object = fixture(object_type_of(event_type))?;
+    let mut object = fixture(object_type_for_event(event_type)?)?;
     let mut previous = None;
     let status = match event_type {
         "payment_intent.created" => Some("requires_payment_method"),
@@ -187,7 +175,7 @@ mod tests {
             );
             assert_eq!(
                 env.object_type.as_deref(),
-                Some(object_type_of(event_type)),
+                object_type_for_event(event_type),
                 "{event_type}"
             );
             assert!(env.object_id.is_some(), "{event_type}");

@@ -15,7 +15,8 @@ use crate::error::Error;
 use crate::event::envelope;
 use crate::event::signature::{self, SignatureError};
 use crate::http::{Request, Response};
-use crate::store::writer::{Ingest, Outcome, Source, WriterHandle};
+use crate::ingest::store::{store_event, Ingest, Outcome, Source};
+use crate::store::writer::WriterHandle;
 use crate::time::now_ms;
 
 /// Counts of what the endpoint answered, for `/metrics` and `/healthz`.
@@ -26,6 +27,8 @@ pub struct Counters {
     pub signature_failed: AtomicU64,
     pub bad_request: AtomicU64,
     pub unavailable: AtomicU64,
+    /// Events the writer could not store (it failed, or its queue was full).
+    pub write_failed: AtomicU64,
     /// Unix seconds of the newest stored event's arrival (0: none since start).
     pub last_stored_at: AtomicU64,
 }
@@ -118,7 +121,7 @@ impl Endpoint {
             received_at_ms: now_ms,
             source: Source::Webhook,
         };
-        match self.writer.ingest(ingest) {
+        match self.writer.run(move |conn| store_event(conn, &ingest)) {
             Ok(Outcome::Stored { .. }) => {
                 self.counters.stored.fetch_add(1, Ordering::Relaxed);
                 self.counters
@@ -135,7 +138,11 @@ impl Endpoint {
             }
             Err(e) => {
                 self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+                if !matches!(e, Error::Busy) {
+                    self.counters.write_failed.fetch_add(1, Ordering::Relaxed);
+                }
                 let log = match &e {
+                    Error::Busy => format!("{fields} outcome=unavailable reason=\"queue full\""),
                     Error::Unavailable(why) => {
                         format!("{fields} outcome=unavailable reason={why:?}")
                     }

@@ -1,3 +1,4 @@
 //! Ingest.
 
 pub mod endpoint;
+pub mod store;

@@ -1,32 +1,16 @@
 //! Re-deriving the mirror from the events ledger, the ground truth.
 //!
-//! Everything here runs on a connection that may write: inside a writer [`crate::store::writer::Task`]
+//! Everything here runs on a connection that may write: inside a writer closure ([`crate::store::writer::WriterHandle::run`])
 //! while serving, or on the writer connection of a CLI command that holds the database lock. Events
 //! are re-applied in arrival order (`seq`), which reproduces the decisions the writer took live;
 //! because the projection converges under any order, the resulting mirror is the same either way.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::{apply, input, Decision};
 use crate::error::{Error, Result};
-use crate::event::envelope::{self, Envelope};
-use crate::mirror::project::{self, Decision, Input};
+use crate::event::envelope;
 use crate::time::now_ms;
-
-/// Builds the projection's input for an event.
-pub fn input<'a>(env: &'a Envelope, body: &'a [u8], seq: i64) -> Input<'a> {
-    Input {
-        event_id: &env.id,
-        event_type: &env.event_type,
-        created: env.created,
-        seq,
-        account: env.account.as_deref(),
-        livemode: env.livemode,
-        thin: env.thin,
-        object: env.object.as_ref(),
-        object_raw: env.object_text(body),
-        previous_attributes: env.previous_attributes.as_ref(),
-    }
-}
 
 /// Applies one stored event (its body as stored, its `seq`) and records the decision. A pruned
 /// event (empty body, see `retention`) cannot be re-applied: it is skipped and keeps the decision
@@ -36,7 +20,7 @@ fn apply_stored(conn: &Connection, seq: i64, body: &[u8], now: i64) -> Result<Op
         return Ok(None);
     }
     let decision = match envelope::parse(body) {
-        Ok(env) => project::apply(conn, &input(&env, body, seq), now)
+        Ok(env) => apply(conn, &input(&env, body, seq), now)
             .map_err(|e| Error::sqlite(format!("project event {}", env.id), e))?,
         // A body that does not parse cannot be projected (the webhook refuses such bodies).
         Err(_) => Decision::NoObject,
@@ -49,7 +33,7 @@ fn apply_stored(conn: &Connection, seq: i64, body: &[u8], now: i64) -> Result<Op
 
 /// Re-applies one stored event to the mirror and returns its decision. Idempotent: an event whose
 /// state the mirror already holds changes nothing.
-pub fn replay_event(conn: &Connection, event_id: &str) -> Result<String> {
+pub fn replay_event(conn: &Connection, event_id: &str) -> Result<Decision> {
     let row: Option<(i64, Vec<u8>)> = conn
         .query_row(
             "SELECT seq, body FROM events WHERE id = ?1",
@@ -58,13 +42,14 @@ pub fn replay_event(conn: &Connection, event_id: &str) -> Result<String> {
         )
         .optional()
         .map_err(|e| Error::sqlite("read event", e))?;
-    let (seq, body) =
-        row.ok_or_else(|| Error::Other(format!("replay {event_id}: no such event")))?;
+    let (seq, body) = row.ok_or_else(|| Error::NotFound {
+        what: format!("replay {event_id}: no such event"),
+    })?;
     match apply_stored(conn, seq, &body, now_ms())? {
-        Some(decision) => Ok(decision.as_str().to_string()),
-        None => Err(Error::Other(format!(
-            "replay {event_id}: its body was pruned by retention"
-        ))),
+        Some(decision) => Ok(decision),
+        None => Err(Error::Pruned {
+            event_id: event_id.to_owned(),
+        }),
     }
 }
 

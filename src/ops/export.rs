@@ -11,17 +11,12 @@
 //! each in its own short read transaction, so a long export never holds back the server's WAL
 //! checkpoints.
 
-use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::io::Write;
 
-use lexopt::prelude::*;
 use rusqlite::types::Value;
 use rusqlite::Connection;
 
-use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::store;
-use crate::time;
 
 /// Events read per query.
 pub const PAGE: i64 = 1000;
@@ -116,111 +111,6 @@ pub fn minify(json: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Parses `--since`/`--until`: RFC 3339 (`2026-01-31T12:00:00Z`), a date (`2026-01-31`, midnight
-/// UTC) or unix seconds.
-pub fn parse_time(text: &str) -> Option<i64> {
-    let text = text.trim();
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse().ok();
-    }
-    if text.len() == 10 {
-        return time::parse_rfc3339(&format!("{text}T00:00:00Z"));
-    }
-    time::parse_rfc3339(text)
-}
-
-const EXPORT_USAGE: &str = "\
-usage: stripe-inbox export [--config PATH] [--since T] [--until T] [--type PATTERN]
-
-Writes stored events to standard output as JSON Lines, in arrival order. Each line is one event
-exactly as Stripe sent it, with nothing added and only the whitespace between JSON tokens removed:
-  stripe-inbox export --type 'invoice.*' --since 2026-01-01 | jq -r '.data.object.id'
-Read-only; works while `serve` runs. Events whose body retention pruned are skipped (counted on
-standard error).
-
-  --since T        only events created at or after T: RFC 3339, a date (midnight UTC), or unix seconds
-  --until T        only events created before T
-  --type PATTERN   only these event types; * matches any run of characters (invoice.*, *.succeeded);
-                   repeat it or separate patterns with commas for several
-";
-
-/// `stripe-inbox export`.
-pub fn run_export(mut parser: lexopt::Parser) -> Result<()> {
-    let hint = || "stripe-inbox export --help".to_string();
-    let usage = |e: lexopt::Error| Error::usage(e.to_string(), hint());
-    let mut config = None;
-    let mut filter = Filter::default();
-    while let Some(arg) = parser.next().map_err(usage)? {
-        match arg {
-            Long("config") | Short('c') => {
-                config = Some(PathBuf::from(parser.value().map_err(usage)?))
-            }
-            Long(flag @ ("since" | "until")) => {
-                let flag = flag.to_string();
-                let text = parser.value().map_err(usage)?.string().map_err(usage)?;
-                let t = parse_time(&text).ok_or_else(|| {
-                    Error::usage(
-                        format!("--{flag} {text:?}: expected 2026-01-31, 2026-01-31T12:00:00Z or unix seconds"),
-                        hint(),
-                    )
-                })?;
-                if flag == "since" {
-                    filter.since = Some(t);
-                } else {
-                    filter.until = Some(t);
-                }
-            }
-            Long("type") | Short('t') => {
-                let text = parser.value().map_err(usage)?.string().map_err(usage)?;
-                filter.types.extend(
-                    text.split(',')
-                        .map(str::trim)
-                        .filter(|p| !p.is_empty())
-                        .map(String::from),
-                );
-            }
-            Long("help") | Short('h') => {
-                print!("{EXPORT_USAGE}");
-                return Ok(());
-            }
-            other => return Err(Error::usage(other.unexpected().to_string(), hint())),
-        }
-    }
-    let config = Config::load(&Config::locate(config))?;
-    let database = &config.database.path;
-    if !database.is_file() {
-        return Err(Error::Other(format!(
-            "database {}: no such file",
-            database.display()
-        )));
-    }
-    let conn = store::open_read_only(database)?;
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::with_capacity(256 * 1024, stdout.lock());
-    let result = export(&conn, &filter, &mut out).and_then(|done| {
-        out.flush()
-            .map_err(|e| Error::io("write to standard output", e))?;
-        Ok(done)
-    });
-    match result {
-        Ok(done) => {
-            eprintln!(
-                "exported {} events{}",
-                done.events,
-                if done.pruned > 0 {
-                    format!(" ({} more skipped: body pruned by retention)", done.pruned)
-                } else {
-                    String::new()
-                }
-            );
-            Ok(())
-        }
-        // `export | head` closes the pipe early: that is the reader's choice, not a failure.
-        Err(Error::Io { err, .. }) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,16 +137,6 @@ mod tests {
             let a: serde_json::Value = serde_json::from_str(input).unwrap();
             let b: serde_json::Value = serde_json::from_slice(&out).unwrap();
             assert_eq!(a, b);
-        }
-    }
-
-    #[test]
-    fn times() {
-        assert_eq!(parse_time("1759590812"), Some(1_759_590_812));
-        assert_eq!(parse_time("2025-10-04"), Some(1_759_536_000));
-        assert_eq!(parse_time("2025-10-04T15:13:32Z"), Some(1_759_590_812));
-        for bad in ["", "yesterday", "2025-13-01", "-5"] {
-            assert_eq!(parse_time(bad), None, "{bad}");
         }
     }
 }

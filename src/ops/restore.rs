@@ -10,15 +10,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lexopt::prelude::*;
-
-use crate::cli::human_bytes;
-use crate::config::Config;
+use super::copy::{copy_to, inspect, remove_copy, seal, sync_dir, Check};
+use super::Progress;
 use crate::error::{Error, Result};
-use crate::ops::backup::{
-    copy_to, inspect, remove_copy, seal, sync_dir, with_suffix, Check, Progress,
-};
-use crate::store::{self, Lock};
+use crate::store::{self, with_suffix, Lock};
 
 /// What a finished restore did.
 #[derive(Debug)]
@@ -39,7 +34,7 @@ pub struct RestoreReport {
 ///    `-wal`/`-shm`) exists, since it would be overwritten; and when a `<db>-wal` lies there
 ///    without its database, since SQLite would apply it to the restored file.
 /// 4. Checks `input`: a SQLite file, `PRAGMA integrity_check` clean, a schema version this build
-///    knows (a newer one is refused), an `events` table, [`mirror_problems`](crate::ops::backup::mirror_problems). Nothing is written
+///    knows (a newer one is refused), an `events` table, [`mirror_problems`](crate::mirror::queries::mirror_problems). Nothing is written
 ///    before this passes.
 /// 5. Copies `input` into `<db>.tmp` (a stale one is removed first) as one self-contained file,
 ///    runs `PRAGMA quick_check` on the copy and fsyncs it. On failure `<db>.tmp` is removed and the
@@ -65,7 +60,7 @@ pub fn restore(
     database: &Path,
     input: &Path,
     force: bool,
-    show_progress: bool,
+    progress: &mut dyn Progress,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
     // Work on the real file: renaming onto a symlink would replace the link, not the database.
@@ -145,8 +140,7 @@ pub fn restore(
     // 5. Copy it next to the database.
     let tmp = with_suffix(database, ".tmp");
     let facts = (|| {
-        let mut progress = Progress::new("restore", show_progress);
-        let dst = copy_to(&src, &tmp, None, &mut progress)?;
+        let dst = copy_to(&src, &tmp, None, progress)?;
         progress.finish();
         seal(dst, &tmp, Check::Quick)
     })();
@@ -200,12 +194,14 @@ pub fn restore(
     let step8 = step7.and_then(|()| {
         for stale in [with_suffix(database, "-wal"), with_suffix(database, "-shm")] {
             if stale.exists() {
-                return Err(Error::Other(format!(
-                    "restore into {}: {} appeared meanwhile; is something else using the \
-                     database?",
-                    database.display(),
-                    stale.display()
-                )));
+                return Err(Error::refused(
+                    format!(
+                        "restore into {}: {} appeared meanwhile",
+                        database.display(),
+                        stale.display()
+                    ),
+                    "is something else using the database? stop it, then restore again",
+                ));
             }
         }
         fs::rename(&tmp, database).map_err(|e| {
@@ -264,56 +260,4 @@ fn checkpoint_truncate(database: &Path, lock: &Lock) -> Result<()> {
     }
     conn.close()
         .map_err(|(_, e)| Error::sqlite(format!("close {}", database.display()), e))
-}
-
-const RESTORE_USAGE: &str = "\
-usage: stripe-inbox restore [--config PATH] [--force] IN
-
-Puts the backup IN in place of the database. Stop the server first: restore refuses while one runs.
-IN must pass PRAGMA integrity_check and come from this build or an older one (the server migrates
-an older one when it starts). The current database, if any, is kept whole as
-<database>.before-restore (its WAL folded in first); nothing is overwritten without --force, and a
-failure at any step leaves the database as it was.
-
-  --force    replace an existing database (it is still kept as <database>.before-restore)
-";
-
-/// `stripe-inbox restore`.
-pub fn run_restore(mut parser: lexopt::Parser) -> Result<()> {
-    let hint = || "stripe-inbox restore --help".to_string();
-    let usage = |e: lexopt::Error| Error::usage(e.to_string(), hint());
-    let (mut config, mut force, mut input) = (None, false, None);
-    while let Some(arg) = parser.next().map_err(usage)? {
-        match arg {
-            Long("config") | Short('c') => {
-                config = Some(PathBuf::from(parser.value().map_err(usage)?))
-            }
-            Long("force") => force = true,
-            Long("help") | Short('h') => {
-                print!("{RESTORE_USAGE}");
-                return Ok(());
-            }
-            Value(v) if input.is_none() => input = Some(PathBuf::from(v)),
-            other => return Err(Error::usage(other.unexpected().to_string(), hint())),
-        }
-    }
-    let input = input.ok_or_else(|| Error::usage("restore needs IN, a backup file", hint()))?;
-    let config = Config::load(&Config::locate(config))?;
-    let database = &config.database.path;
-    let report = restore(database, &input, force, true)?;
-    println!(
-        "restored {} into {}: {}, {} events, schema version {} (this build knows {}), in {:.1} s",
-        input.display(),
-        database.display(),
-        human_bytes(report.bytes),
-        report.events,
-        report.schema_version,
-        store::known_version(),
-        report.total.as_secs_f64()
-    );
-    if let Some(previous) = report.previous {
-        println!("the previous database is kept as {}", previous.display());
-    }
-    println!("start the server again when ready (systemctl start stripe-inbox)");
-    Ok(())
 }

@@ -25,18 +25,14 @@
 //! pass re-reads the already pruned rows (small once their bodies are gone); that is the price of
 //! needing no schema change, and it is paid once a day in the background.
 
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lexopt::prelude::*;
 use rusqlite::types::Value;
 use rusqlite::{params, Connection};
 
-use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::periodic::{Periodic, Stop};
 use crate::store::writer::{Writer, WriterConfig, WriterHandle};
 use crate::store::{self, Lock};
 use crate::time;
@@ -325,8 +321,8 @@ pub fn vacuum(writer: &WriterHandle, pace: &Pace) -> Result<u64> {
     Ok(freed)
 }
 
-/// Runs `f` as a writer task and returns its value once it has committed. Retries for a while
-/// when the writer's queue is full (webhooks come first).
+/// Runs `f` on the writer and returns its value once it has committed. Retries for a while when
+/// the writer's queue is full (webhooks come first).
 fn on_writer<T: Send + 'static>(
     writer: &WriterHandle,
     pace: &Pace,
@@ -334,27 +330,11 @@ fn on_writer<T: Send + 'static>(
 ) -> Result<T> {
     let started = Instant::now();
     loop {
-        let (tx, rx) = mpsc::channel();
-        let task = f.clone();
-        let outcome = writer.run(Box::new(move |conn| {
-            let value = task(conn)?;
-            let _ = tx.send(value);
-            Ok(())
-        }));
-        match outcome {
-            Ok(()) => {
-                return rx
-                    .try_recv()
-                    .map_err(|_| Error::Other("retention task left no result".into()))
-            }
-            Err(Error::Unavailable(why))
-                if why == "queue full"
-                    && started.elapsed() < BUSY_RETRY_FOR
-                    && !(pace.stopped)() =>
-            {
+        match writer.run(f.clone()) {
+            Err(Error::Busy) if started.elapsed() < BUSY_RETRY_FOR && !(pace.stopped)() => {
                 std::thread::sleep(Duration::from_millis(100));
             }
-            Err(e) => return Err(e),
+            outcome => return outcome,
         }
     }
 }
@@ -362,8 +342,7 @@ fn on_writer<T: Send + 'static>(
 /// Applies `[retention] body_days` inside `serve`: a thread that runs a pass (then a vacuum)
 /// shortly after start and then every day, and stops promptly with the service.
 pub struct Scheduler {
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    thread: Option<JoinHandle<()>>,
+    thread: Periodic,
 }
 
 impl Scheduler {
@@ -375,176 +354,91 @@ impl Scheduler {
         first_after: Duration,
         every: Duration,
     ) -> Result<Scheduler> {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
         if body_days == 0 {
-            return Ok(Scheduler { stop, thread: None });
+            return Ok(Scheduler {
+                thread: Periodic::none(),
+            });
         }
-        let flag = stop.clone();
         let database = database.to_path_buf();
-        let thread = std::thread::Builder::new()
-            .name("retention".into())
-            .spawn(move || scheduler_loop(&database, &writer, body_days, first_after, every, &flag))
-            .map_err(|e| Error::io("spawn retention thread", e))?;
+        let thread = Periodic::start("retention", first_after, move |stop| {
+            run_pass(&database, &writer, body_days, every, stop)
+        })?;
         log::info!(
             "retention: event bodies older than {body_days} days are pruned daily, first in {}s",
             first_after.as_secs()
         );
-        Ok(Scheduler {
-            stop,
-            thread: Some(thread),
-        })
+        Ok(Scheduler { thread })
     }
 
     /// Ends the thread (a pass under way stops after its current window).
-    pub fn stop(mut self) {
-        *self.stop.0.lock().expect("retention lock poisoned") = true;
-        self.stop.1.notify_all();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    pub fn stop(self) {
+        self.thread.stop();
     }
 }
 
-fn scheduler_loop(
+/// One scheduled pass; returns the wait before the next one.
+fn run_pass(
     database: &Path,
     writer: &WriterHandle,
     body_days: u32,
-    first_after: Duration,
     every: Duration,
-    stop: &(Mutex<bool>, Condvar),
-) {
-    let (lock, cvar) = stop;
-    let stopped = || *lock.lock().expect("retention lock poisoned");
-    let mut wait = first_after;
-    loop {
-        let guard = lock.lock().expect("retention lock poisoned");
-        let (guard, _) = cvar
-            .wait_timeout_while(guard, wait, |stop| !*stop)
-            .expect("retention lock poisoned");
-        if *guard {
-            return;
+    stop: &Stop,
+) -> Duration {
+    let started = Instant::now();
+    let cutoff_ms = time::now_ms() - i64::from(body_days) * 86_400_000;
+    let stopped = || stop.is_set();
+    let pace = Pace {
+        pause: SERVE_PAUSE,
+        stopped: &stopped,
+        vacuum_pages: SERVE_VACUUM_PAGES,
+    };
+    let result = prune(database, writer, cutoff_ms, &pace).and_then(|mut report| {
+        report.pages_freed = vacuum(writer, &pace)?;
+        Ok(report)
+    });
+    match result {
+        Ok(r) => {
+            log::info!(
+                "retention: pruned={} bytes={} pages_freed={} older_than_days={body_days} ms={}",
+                r.pruned,
+                r.bytes,
+                r.pages_freed,
+                started.elapsed().as_millis()
+            );
+            every
         }
-        drop(guard);
-        let started = Instant::now();
-        let cutoff_ms = time::now_ms() - i64::from(body_days) * 86_400_000;
-        let pace = Pace {
-            pause: SERVE_PAUSE,
-            stopped: &stopped,
-            vacuum_pages: SERVE_VACUUM_PAGES,
-        };
-        let result = prune(database, writer, cutoff_ms, &pace).and_then(|mut report| {
-            report.pages_freed = vacuum(writer, &pace)?;
-            Ok(report)
-        });
-        wait = match result {
-            Ok(r) => {
-                log::info!(
-                    "retention: pruned={} bytes={} pages_freed={} older_than_days={body_days} ms={}",
-                    r.pruned,
-                    r.bytes,
-                    r.pages_freed,
-                    started.elapsed().as_millis()
-                );
-                every
-            }
-            Err(e) => {
-                log::error!("retention: {e}; trying again in an hour");
-                every.min(Duration::from_secs(3600))
-            }
-        };
+        Err(e) => {
+            log::error!("retention: {e}; trying again in an hour");
+            every.min(Duration::from_secs(3600))
+        }
     }
 }
 
-/// Parses an age like `90d`, `12w` or `36h` into milliseconds.
-pub fn parse_age(text: &str) -> Option<i64> {
-    let text = text.trim();
-    let unit = text.chars().last()?;
-    let number: i64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
-    let ms = match unit {
-        'h' => 3_600_000,
-        'd' => 86_400_000,
-        'w' => 7 * 86_400_000,
-        _ => return None,
-    };
-    number.checked_mul(ms).filter(|ms| *ms >= 0)
+/// What [`prune_alone`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AloneReport {
+    pub report: Report,
+    /// How long emptying the bodies took (the vacuum comes after).
+    pub pruned_in: Duration,
+    /// The whole run.
+    pub total: Duration,
+    /// The database file plus its WAL, before and after.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// The file was created with incremental auto-vacuum (so it can shrink).
+    pub incremental_vacuum: bool,
 }
 
-const PRUNE_USAGE: &str = "\
-usage: stripe-inbox prune [--config PATH] [--older-than AGE] [--dry-run]
-
-Empties the raw body of every event received more than AGE ago (90d, 12w, 36h; at least 1d;
-default: [retention] body_days). The event's row stays: id, type, times, object and delivery count.
-Events the mirror or a pending delivery still needs are kept whole. Then gives the freed space back
-to the file system (incremental vacuum) and prints what it did.
-
-It writes, so it needs the database to itself and refuses while `serve` runs: a running server
-applies [retention] body_days itself, shortly after start and then once a day.
-
-  --older-than AGE   prune bodies older than AGE: a number and h, d or w
-  --dry-run          only count what would be pruned (read-only; works while serving)
-";
-
-/// `stripe-inbox prune`.
-pub fn run_prune(mut parser: lexopt::Parser) -> Result<()> {
-    let hint = || "stripe-inbox prune --help".to_string();
-    let usage = |e: lexopt::Error| Error::usage(e.to_string(), hint());
-    let (mut config, mut older_than, mut dry_run) = (None, None, false);
-    while let Some(arg) = parser.next().map_err(usage)? {
-        match arg {
-            Long("config") | Short('c') => {
-                config = Some(PathBuf::from(parser.value().map_err(usage)?))
-            }
-            Long("older-than") => {
-                older_than = Some(parser.value().map_err(usage)?.string().map_err(usage)?)
-            }
-            Long("dry-run") => dry_run = true,
-            Long("help") | Short('h') => {
-                print!("{PRUNE_USAGE}");
-                return Ok(());
-            }
-            other => return Err(Error::usage(other.unexpected().to_string(), hint())),
-        }
-    }
-    let config = Config::load(&Config::locate(config))?;
-    let age_ms = match older_than {
-        Some(text) => parse_age(&text).ok_or_else(|| {
-            Error::usage(
-                format!("--older-than {text:?}: expected a number and h, d or w, like 90d"),
-                hint(),
-            )
-        })?,
-        None if config.retention.body_days > 0 => {
-            i64::from(config.retention.body_days) * 86_400_000
-        }
-        None => {
-            return Err(Error::usage(
-                "nothing to prune: [retention] body_days is 0 (keep forever)",
-                "stripe-inbox prune --older-than 90d, or set [retention] body_days",
-            ))
-        }
-    };
-    if age_ms < 86_400_000 {
-        return Err(Error::usage("--older-than must be at least 1d", hint()));
-    }
-    let database = &config.database.path;
+/// `prune` with no server running: takes the lock, runs a writer of its own (every write still
+/// goes through one writer), prunes everything received before `cutoff_ms` at full speed, gives
+/// the space back, and stops the writer (closing the last connection checkpoints the WAL, which is
+/// when the file shrinks). Refuses while a server holds the database.
+pub fn prune_alone(database: &Path, cutoff_ms: i64) -> Result<AloneReport> {
     if !database.exists() {
-        return Err(Error::Other(format!(
-            "database {}: no such file",
-            database.display()
-        )));
+        return Err(Error::NoDatabase {
+            path: database.to_path_buf(),
+        });
     }
-    let cutoff_ms = time::now_ms() - age_ms;
-    let before = time::format_utc(cutoff_ms / 1000);
-    if dry_run {
-        let (n, bytes) = survey(&store::open_read_only(database)?, cutoff_ms)?;
-        println!(
-            "would prune {n} event bodies ({}) received before {before}",
-            crate::cli::human_bytes(bytes)
-        );
-        return Ok(());
-    }
-
-    // Take the database: the writes below go through a writer of our own, as in `serve`.
     let lock = match Lock::acquire(database) {
         Ok(lock) => lock,
         Err(Error::Locked { holder, .. }) => {
@@ -559,7 +453,11 @@ pub fn run_prune(mut parser: lexopt::Parser) -> Result<()> {
         }
         Err(e) => return Err(e),
     };
-    let size_before = file_size(database);
+    let on_disk = || {
+        let (db, wal) = store::file_sizes(database);
+        db + wal
+    };
+    let bytes_before = on_disk();
     let started = Instant::now();
     let conn = store::open_writer(database)?;
     let auto_vacuum: i64 = conn
@@ -579,75 +477,33 @@ pub fn run_prune(mut parser: lexopt::Parser) -> Result<()> {
             report.pages_freed = vacuum(&writer.handle(), &Pace::FULL_SPEED)?;
             Ok(report)
         });
-    // Closing the last connection checkpoints the WAL, which is when the file shrinks.
     writer.stop();
     drop(lock);
-    let report = result?;
-    println!(
-        "pruned {} event bodies ({}) received before {before} in {:.1} s; gave back {} pages; \
-         file {} -> {} in {:.1} s in all",
-        report.pruned,
-        crate::cli::human_bytes(report.bytes),
-        pruned_in.as_secs_f64(),
-        report.pages_freed,
-        crate::cli::human_bytes(size_before),
-        crate::cli::human_bytes(file_size(database)),
-        started.elapsed().as_secs_f64()
-    );
-    if auto_vacuum != 2 && report.pruned > 0 {
-        println!(
-            "note: this database was created without incremental auto-vacuum, so the file does \
-             not shrink; new events reuse the space. A one-time `sqlite3 {} 'PRAGMA \
-             auto_vacuum=INCREMENTAL; VACUUM'` with the server stopped changes that.",
-            database.display()
-        );
-    }
-    Ok(())
-}
-
-/// The database file plus its WAL, in bytes.
-fn file_size(database: &Path) -> u64 {
-    let mut wal = database.as_os_str().to_owned();
-    wal.push("-wal");
-    [database.to_path_buf(), PathBuf::from(wal)]
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum()
+    Ok(AloneReport {
+        report: result?,
+        pruned_in,
+        total: started.elapsed(),
+        bytes_before,
+        bytes_after: on_disk(),
+        incremental_vacuum: auto_vacuum == 2,
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
+    use crate::event::envelope;
+    use crate::ingest::store::{store_event, Ingest, Source};
+    use crate::testkit::TempDir;
 
-    #[test]
-    fn ages() {
-        assert_eq!(parse_age("90d"), Some(90 * 86_400_000));
-        assert_eq!(parse_age("2w"), Some(14 * 86_400_000));
-        assert_eq!(parse_age("36h"), Some(36 * 3_600_000));
-        for bad in [
-            "",
-            "d",
-            "90",
-            "90 days",
-            "-1d",
-            "1.5d",
-            "99999999999999999w",
-        ] {
-            assert_eq!(parse_age(bad), None, "{bad}");
-        }
-    }
-
-    /// A database at a fresh path with `n` events of 2,000-byte bodies (a row fits in a page, so
-    /// only merging pages can free any), the first `old` of them received 100 days ago.
-    fn database(tag: &str, n: i64, old: i64) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "stripe-inbox-retention-{tag}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("r.db");
+    /// A database in a fresh temp dir with `n` events of about 2,000 bytes (a row fits in a
+    /// page, so only merging pages can free any), stored through the one store path, each
+    /// delivered twice; the first `old` of them received 100 days ago.
+    fn database(tag: &str, n: i64, old: i64) -> (TempDir, PathBuf) {
+        let dir = TempDir::new(&format!("retention-{tag}"));
+        let path = dir.path().join("r.db");
         let conn = store::open_writer(&path).unwrap();
         let now = time::now_ms();
         for i in 1..=n {
@@ -656,16 +512,24 @@ mod tests {
             } else {
                 now
             };
-            let body = format!("{{\"id\":\"evt_{i}\",\"pad\":\"{}\"}}", "x".repeat(1970));
-            conn.execute(
-                "INSERT INTO events (id, seq, type, created, livemode, object_id, body,
-                    received_at, last_received_at, deliveries)
-                 VALUES (?1, ?2, 'invoice.paid', ?2, 1, 'in_1', ?3, ?4, ?4, 2)",
-                params![format!("evt_{i}"), i, body, received],
+            let body = format!(
+                "{{\"id\":\"evt_{i}\",\"object\":\"event\",\"type\":\"invoice.paid\",\"created\":{i},\
+                 \"livemode\":true,\"data\":{{\"object\":{{\"id\":\"in_1\",\"object\":\"invoice\",\
+                 \"pad\":\"{}\"}}}}}}",
+                "x".repeat(1860)
             )
-            .unwrap();
+            .into_bytes();
+            let ingest = Ingest {
+                envelope: envelope::parse(&body).unwrap(),
+                body,
+                secret_index: Some(0),
+                received_at_ms: received,
+                source: Source::Webhook,
+            };
+            store_event(&conn, &ingest).unwrap();
+            store_event(&conn, &ingest).unwrap();
         }
-        path
+        (dir, path)
     }
 
     /// rowid, id, seq, created, livemode, received_at, deliveries.
@@ -735,7 +599,7 @@ mod tests {
 
     #[test]
     fn pruning_gives_pages_back_and_keeps_every_other_column() {
-        let path = database("pages", 1200, 1000);
+        let (_dir, path) = database("pages", 1200, 1000);
         let before = rows(&path);
         let size_before = std::fs::metadata(&path).unwrap().len();
         let (report, commits) = run(&path);
@@ -758,12 +622,11 @@ mod tests {
             Report::default(),
             "a second pass finds nothing"
         );
-        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]
     fn with_a_trigger_on_events_bodies_are_emptied_in_place() {
-        let path = database("trigger", 300, 200);
+        let (_dir, path) = database("trigger", 300, 200);
         store::open_writer(&path)
             .unwrap()
             .execute_batch(
@@ -782,7 +645,6 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM deleted", [], |r| r.get(0))
             .unwrap();
         assert_eq!(fired, 0, "no row was deleted");
-        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]

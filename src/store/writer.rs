@@ -1,17 +1,20 @@
-//! The writer thread: the one read-write connection, group commit, and replies after COMMIT.
+//! The writer thread: the one read-write connection, group commit, and answers after COMMIT.
 //!
-//! HTTP worker threads (and, later, the forwarder, the Stripe API client and admin actions) never
-//! write; they send a message to this thread and wait for its answer. The thread takes whatever is
-//! queued (up to `max_batch`), applies it all in ONE transaction, commits (WAL, `synchronous=FULL`,
-//! so COMMIT returns only when the WAL is on disk), and only then answers every waiter. Many
-//! requests thus share one fsync, which makes throughput almost independent of the disk's speed.
-//! Under load (the previous commit under 5 ms ago) it waits up to 250 µs for more before it
-//! begins, since events that share a commit share the pages it writes.
+//! Nothing else in a running server writes. HTTP worker threads, admin actions, retention (and
+//! forwarding and the Stripe client) hand the writer a closure with [`WriterHandle::run`] and wait
+//! for its result. The thread takes whatever is queued (up to `max_batch`), runs each closure in a
+//! SAVEPOINT of ONE transaction, commits (WAL, `synchronous=FULL`, so COMMIT returns only when the
+//! WAL is on disk), and only then hands every waiter its result. Many requests thus share one
+//! fsync, which makes throughput almost independent of the disk's speed. Under load (the previous
+//! commit under 5 ms ago) it waits up to 250 µs for more before it begins, since work that shares a
+//! commit shares the pages it writes.
 //!
-//! Each message runs inside its own SAVEPOINT, so one bad message fails alone; a failed COMMIT fails
-//! the whole batch and every waiter hears so (the HTTP layer turns that into 503: Stripe retries).
-//! The queue is bounded: when it is full, callers get [`Error::Unavailable`] at once rather than
-//! piling up threads.
+//! A closure that fails has its savepoint rolled back and fails alone; a failed COMMIT fails the
+//! whole batch and every waiter hears [`Error::Unavailable`] (the webhook turns that into 503, so
+//! Stripe retries). The queue is bounded: when it is full, callers get [`Error::Busy`] at once
+//! rather than piling up threads.
+//!
+//! The writer knows nothing of events or objects: what a closure does is its own business.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -19,76 +22,37 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
-use crate::admin::metrics::{Histogram, BATCH_BOUNDS, COMMIT_MICROS_BOUNDS};
 use crate::error::{Error, Result};
-use crate::event::envelope::Envelope;
-use crate::{mirror::project, mirror::replay};
+use crate::histogram::Histogram;
 
 /// A commit less than this long ago means the writer is under load.
 const BUSY_WINDOW: Duration = Duration::from_millis(5);
 
-/// How long a writer under load waits for more events before it commits. Measured at a fixed
+/// How long a writer under load waits for more work before it commits. Measured at a fixed
 /// 3,000 events/s (examples/loadgen.rs): without it nearly every event had a commit of its own,
 /// the server wrote about 60 KB to disk per 2 KB event, and fsync stalls of 100+ ms set a p99 of
-/// 90-135 ms; with 250 µs the p99 was 20 ms. Idle, events are committed at once.
+/// 90-135 ms; with 250 µs the p99 was 20 ms. Idle, work is committed at once.
 const LINGER: Duration = Duration::from_micros(250);
 
-/// Where an event came from (stored in `events.source`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Webhook,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Webhook => "webhook",
-        }
-    }
-}
-
-/// A verified event on its way to disk.
-#[derive(Debug)]
-pub struct Ingest {
-    pub envelope: Envelope,
-    /// The raw body exactly as received.
-    pub body: Vec<u8>,
-    pub secret_index: Option<usize>,
-    /// Unix milliseconds when the request arrived.
-    pub received_at_ms: i64,
-    pub source: Source,
-}
-
-/// What happened to an ingested event, known only after COMMIT.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// A new row, at this arrival sequence number.
-    Stored { seq: i64 },
-    /// The id was known; `deliveries` is the new delivery count.
-    Duplicate { deliveries: i64 },
-}
-
-/// A unit of work other than an event: runs on the writer inside the batch's transaction.
-/// It receives the writer connection with a transaction (and a savepoint for it) open.
-pub type Task = Box<dyn FnOnce(&Connection) -> Result<()> + Send>;
-
-enum Msg {
-    Ingest(Box<Ingest>, SyncSender<Result<Outcome>>),
-    Task(Task, SyncSender<Result<()>>),
-    Stop,
-}
+/// Upper bounds (µs) of the commit-latency buckets: 250 µs .. 1 s.
+pub const COMMIT_MICROS_BOUNDS: [u64; 12] = [
+    250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+];
+/// Upper bounds of the batch-size buckets (closures per commit).
+pub const BATCH_BOUNDS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
 
 /// Counters the writer keeps; read by the admin listener and logged at exit.
 #[derive(Debug)]
 pub struct Stats {
     pub commits: AtomicU64,
-    pub events: AtomicU64,
-    pub duplicates: AtomicU64,
+    /// Closures run (whatever they did).
+    pub jobs: AtomicU64,
+    /// Closures that failed, or whose batch failed to commit.
     pub failed: AtomicU64,
     pub max_batch: AtomicU64,
-    /// Messages sent but not yet taken by the writer.
+    /// Closures sent but not yet taken by the writer.
     pub queued: AtomicUsize,
     /// Total microseconds spent in COMMIT.
     pub commit_micros: AtomicU64,
@@ -98,7 +62,7 @@ pub struct Stats {
     pub slow_commits: AtomicU64,
     /// How long each COMMIT took, in microseconds (for `/metrics`).
     pub commit_latency: Histogram<12>,
-    /// Messages per committed transaction (for `/metrics`).
+    /// Closures per committed transaction (for `/metrics`).
     pub batch_size: Histogram<10>,
 }
 
@@ -106,8 +70,7 @@ impl Default for Stats {
     fn default() -> Stats {
         Stats {
             commits: AtomicU64::new(0),
-            events: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
+            jobs: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             max_batch: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
@@ -127,6 +90,18 @@ pub struct WriterConfig {
     pub max_batch: usize,
 }
 
+/// A closure's result on its way to its waiter, sent once COMMIT has decided whether it stands.
+type Deliver = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// A closure as the writer runs it: it returns whether it succeeded (its savepoint stays) and how
+/// to hand its result over once the batch's fate is known.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Deliver) + Send>;
+
+enum Msg {
+    Job(Job),
+    Stop,
+}
+
 /// The running writer thread.
 pub struct Writer {
     handle: WriterHandle,
@@ -143,16 +118,10 @@ pub struct WriterHandle {
 impl Writer {
     /// Starts the writer thread on `conn`, which must be the migrated writer connection.
     pub fn start(conn: Connection, config: WriterConfig) -> Result<Writer> {
-        let next_seq: i64 = conn
-            .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM events", [], |r| {
-                r.get(0)
-            })
-            .map_err(|e| Error::sqlite("read next event sequence", e))?;
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
         let stats = Arc::new(Stats::default());
         let mut state = State {
             conn,
-            next_seq,
             max_batch: config.max_batch.max(1),
             stats: stats.clone(),
         };
@@ -181,11 +150,10 @@ impl Writer {
         }
         let s = &self.handle.stats;
         log::info!(
-            "writer stats: commits={} events={} duplicates={} failed={} max_batch={} commit_ms_total={} \
+            "writer stats: commits={} jobs={} failed={} max_batch={} commit_ms_total={} \
              commit_ms_max={:.1} slow_commits={}",
             s.commits.load(Ordering::Relaxed),
-            s.events.load(Ordering::Relaxed),
-            s.duplicates.load(Ordering::Relaxed),
+            s.jobs.load(Ordering::Relaxed),
             s.failed.load(Ordering::Relaxed),
             s.max_batch.load(Ordering::Relaxed),
             s.commit_micros.load(Ordering::Relaxed) / 1000,
@@ -196,20 +164,27 @@ impl Writer {
 }
 
 impl WriterHandle {
-    /// Stores an event and waits until it is committed. Fails with [`Error::Unavailable`] when the
-    /// queue is full or the writer is gone, and with the database error when the write failed.
-    pub fn ingest(&self, ingest: Ingest) -> Result<Outcome> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.send(Msg::Ingest(Box::new(ingest), reply))?;
-        answer
-            .recv()
-            .map_err(|_| Error::Unavailable("writer stopped before answering".into()))?
-    }
-
-    /// Runs `task` inside a writer transaction and waits for its COMMIT.
-    pub fn run(&self, task: Task) -> Result<()> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.send(Msg::Task(task, reply))?;
+    /// Runs `f` on the writer thread, inside a savepoint of the batch's transaction, and returns its
+    /// result once that transaction has committed (durably: `synchronous=FULL`).
+    ///
+    /// When `f` fails, its savepoint is rolled back and its error returned; nothing it wrote stays.
+    /// Fails with [`Error::Busy`] when the queue is full, and with [`Error::Unavailable`] when the
+    /// writer is gone or the batch could not begin or commit (then nothing of `f` stays either).
+    pub fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (reply, answer) = mpsc::sync_channel::<Result<T>>(1);
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let deliver: Deliver = Box::new(move |committed| {
+                let _ = reply.send(committed.and(result));
+            });
+            (ok, deliver)
+        });
+        self.send(Msg::Job(job))?;
         answer
             .recv()
             .map_err(|_| Error::Unavailable("writer stopped before answering".into()))?
@@ -225,10 +200,10 @@ impl WriterHandle {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.stats.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(Error::Unavailable(match e {
-                    TrySendError::Full(_) => "queue full".into(),
-                    TrySendError::Disconnected(_) => "writer stopped".into(),
-                }))
+                Err(match e {
+                    TrySendError::Full(_) => Error::Busy,
+                    TrySendError::Disconnected(_) => Error::Unavailable("writer stopped".into()),
+                })
             }
         }
     }
@@ -237,15 +212,8 @@ impl WriterHandle {
 /// What the writer thread owns.
 struct State {
     conn: Connection,
-    next_seq: i64,
     max_batch: usize,
     stats: Arc<Stats>,
-}
-
-/// A message's result, kept until COMMIT decides whether it stands.
-enum Pending {
-    Ingest(SyncSender<Result<Outcome>>, Result<Outcome>),
-    Task(SyncSender<Result<()>>, Result<()>),
 }
 
 impl State {
@@ -256,11 +224,11 @@ impl State {
         while !stop {
             // Wait for the first message, then take whatever else is already queued.
             match rx.recv() {
-                Ok(msg) => batch.push(msg),
-                Err(_) => break,
+                Ok(Msg::Job(job)) => batch.push(job),
+                Ok(Msg::Stop) | Err(_) => break,
             }
             // Under load (the last commit was moments ago), wait a little for company: every
-            // commit writes each page it touched in full, so events that share a commit share
+            // commit writes each page it touched in full, so work that shares a commit shares
             // pages, and the disk sees a fraction of the bytes. Idle, commit at once.
             let linger = if last_commit.elapsed() < BUSY_WINDOW {
                 LINGER
@@ -276,132 +244,69 @@ impl State {
                     rx.recv_timeout(left).ok()
                 };
                 match next {
-                    Some(msg) => {
-                        let stop = matches!(msg, Msg::Stop);
-                        batch.push(msg);
-                        if stop {
-                            break;
-                        }
+                    Some(Msg::Job(job)) => batch.push(job),
+                    Some(Msg::Stop) => {
+                        stop = true;
+                        break;
                     }
                     None => break,
                 }
             }
             last_commit = Instant::now();
-            self.stats.queued.fetch_sub(
-                batch.iter().filter(|m| !matches!(m, Msg::Stop)).count(),
-                Ordering::Relaxed,
-            );
-            if batch.iter().any(|m| matches!(m, Msg::Stop)) {
-                stop = true;
-            }
+            self.stats.queued.fetch_sub(batch.len(), Ordering::Relaxed);
             self.commit_batch(&mut batch);
         }
     }
 
-    fn commit_batch(&mut self, batch: &mut Vec<Msg>) {
-        let mut pending = Vec::with_capacity(batch.len());
-        let result = self.apply_batch(batch, &mut pending);
-        // If the transaction could not even begin, the messages are still in the batch: they fail.
-        for msg in batch.drain(..) {
-            match msg {
-                Msg::Ingest(_, reply) => pending.push(Pending::Ingest(
-                    reply,
-                    Err(Error::Unavailable(String::new())),
-                )),
-                Msg::Task(_, reply) => {
-                    pending.push(Pending::Task(reply, Err(Error::Unavailable(String::new()))))
-                }
-                Msg::Stop => {}
-            }
+    /// Runs every job of the batch in one transaction, commits, and delivers every result.
+    fn commit_batch(&mut self, batch: &mut Vec<Job>) {
+        let count = batch.len() as u64;
+        let mut delivers = Vec::with_capacity(batch.len());
+        let committed = self.apply_batch(batch, &mut delivers);
+        // If the transaction could not even begin, the jobs never ran: their waiters fail.
+        for _ in batch.drain(..) {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
         }
-        let ok = match result {
-            Ok(n) if n > 0 => {
+        match &committed {
+            Ok(()) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                self.stats.max_batch.fetch_max(n as u64, Ordering::Relaxed);
-                true
+                self.stats.max_batch.fetch_max(count, Ordering::Relaxed);
             }
-            Ok(_) => true,
-            Err(ref e) => {
+            Err(e) => {
                 log::error!(
                     "writer commit failed: {e}; {} request(s) answered unavailable",
-                    pending.len()
+                    delivers.len()
                 );
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
-                false
             }
-        };
-        // Answer every waiter, now that the outcome is durable (or known to have failed).
-        for p in pending {
-            match p {
-                Pending::Ingest(reply, outcome) => {
-                    let outcome = if ok {
-                        outcome
-                    } else {
-                        Err(Error::Unavailable("database write failed".into()))
-                    };
-                    match &outcome {
-                        Ok(Outcome::Stored { .. }) => {
-                            self.stats.events.fetch_add(1, Ordering::Relaxed)
-                        }
-                        Ok(Outcome::Duplicate { .. }) => {
-                            self.stats.duplicates.fetch_add(1, Ordering::Relaxed)
-                        }
-                        Err(_) => self.stats.failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                    let _ = reply.send(outcome);
-                }
-                Pending::Task(reply, outcome) => {
-                    let outcome = if ok {
-                        outcome
-                    } else {
-                        Err(Error::Unavailable("database write failed".into()))
-                    };
-                    let _ = reply.send(outcome);
-                }
+        }
+        // Hand every waiter its result, now that it is durable (or known to be lost).
+        for (ok, deliver) in delivers {
+            self.stats.jobs.fetch_add(1, Ordering::Relaxed);
+            if !ok || committed.is_err() {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
             }
+            deliver(match &committed {
+                Ok(()) => Ok(()),
+                Err(_) => Err(Error::Unavailable("database write failed".into())),
+            });
         }
     }
 
-    /// Applies every message in one transaction and commits; returns how many messages it held.
-    fn apply_batch(&mut self, batch: &mut Vec<Msg>, pending: &mut Vec<Pending>) -> Result<usize> {
-        let count = batch.iter().filter(|m| !matches!(m, Msg::Stop)).count();
-        if count == 0 {
-            batch.clear();
-            return Ok(0);
-        }
+    /// Runs every job in its own savepoint of one transaction and commits.
+    fn apply_batch(
+        &mut self,
+        batch: &mut Vec<Job>,
+        delivers: &mut Vec<(bool, Deliver)>,
+    ) -> Result<()> {
         let mut tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| Error::sqlite("begin write transaction", e))?;
-        for msg in batch.drain(..) {
-            match msg {
-                Msg::Ingest(ingest, reply) => {
-                    let next_seq = &mut self.next_seq;
-                    let mut outcome =
-                        in_savepoint(&mut tx, |sp| store_event(sp, &ingest, next_seq, true));
-                    if let Err(e) = outcome {
-                        // Store it without the mirror: if that works, the projection was at fault,
-                        // and the event (the ground truth) must not be lost for it.
-                        outcome =
-                            in_savepoint(&mut tx, |sp| store_event(sp, &ingest, next_seq, false));
-                        match &outcome {
-                            Ok(_) => log::error!(
-                                "project event={}: {e}; stored with decision projection_failed",
-                                ingest.envelope.id
-                            ),
-                            Err(e) => log::error!("store event={}: {e}", ingest.envelope.id),
-                        }
-                    }
-                    pending.push(Pending::Ingest(reply, outcome));
-                }
-                Msg::Task(task, reply) => {
-                    let outcome = in_savepoint(&mut tx, |sp| task(sp));
-                    pending.push(Pending::Task(reply, outcome));
-                }
-                Msg::Stop => {}
-            }
+        for job in batch.drain(..) {
+            delivers.push(in_savepoint(&mut tx, job)?);
         }
         let started = Instant::now();
         tx.commit().map_err(|e| Error::sqlite("commit", e))?;
@@ -416,212 +321,138 @@ impl State {
             self.stats.slow_commits.fetch_add(1, Ordering::Relaxed);
         }
         self.stats.commit_latency.observe(micros);
-        self.stats.batch_size.observe(count as u64);
-        Ok(count)
+        self.stats.batch_size.observe(delivers.len() as u64);
+        Ok(())
     }
 }
 
-/// Runs `f` in a savepoint of `tx`: its writes stay if it succeeds and vanish if it fails.
-fn in_savepoint<T>(tx: &mut Transaction, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+/// Runs `job` in a savepoint of `tx`: its writes stay if it succeeds and vanish if it fails.
+/// Fails only when the savepoint itself cannot be made or released (then the batch fails).
+fn in_savepoint(tx: &mut Transaction, job: Job) -> Result<(bool, Deliver)> {
     let sp = tx.savepoint().map_err(|e| Error::sqlite("savepoint", e))?;
-    let result = f(&sp);
-    match result {
-        Ok(value) => {
-            sp.commit()
-                .map_err(|e| Error::sqlite("release savepoint", e))?;
-            Ok(value)
-        }
-        Err(e) => {
-            // Dropping the savepoint rolls it back.
-            drop(sp);
-            Err(e)
-        }
+    let (ok, deliver) = job(&sp);
+    if ok {
+        sp.commit()
+            .map_err(|e| Error::sqlite("release savepoint", e))?;
     }
+    // Otherwise dropping the savepoint rolls it back.
+    Ok((ok, deliver))
 }
 
-/// Inserts the raw event and applies it to the mirror, or counts a repeated delivery of a known id.
-///
-/// With `project` false the mirror is left alone and the decision is `projection_failed`; the
-/// caller uses that, in a fresh savepoint, only after the projection failed.
-fn store_event(
-    conn: &Connection,
-    ingest: &Ingest,
-    next_seq: &mut i64,
-    project: bool,
-) -> Result<Outcome> {
-    let env = &ingest.envelope;
-
-    // A known id is a repeated delivery: count it, change nothing else.
-    let deliveries: Option<i64> = conn
-        .prepare_cached(
-            "UPDATE events SET deliveries = deliveries + 1, last_received_at = ?2
-             WHERE id = ?1 RETURNING deliveries",
-        )
-        .and_then(|mut stmt| {
-            stmt.query_row(params![env.id, ingest.received_at_ms], |r| r.get(0))
-                .optional()
-        })
-        .map_err(|e| Error::sqlite(format!("count delivery of {}", env.id), e))?;
-    if let Some(deliveries) = deliveries {
-        return Ok(Outcome::Duplicate { deliveries });
-    }
-
-    // Apply it to the mirror.
-    let seq = *next_seq;
-    let decision = if project {
-        let input = replay::input(env, &ingest.body, seq);
-        project::apply(conn, &input, ingest.received_at_ms)
-            .map_err(|e| Error::sqlite(format!("project event {}", env.id), e))?
-            .as_str()
-    } else {
-        "projection_failed"
+/// Runs `f` in a nested savepoint named `name` on a connection that is already inside a
+/// transaction (a writer closure): what `f` wrote stays if it succeeds and is rolled back if it
+/// fails, while the enclosing work goes on. For a step that may fail without failing its caller.
+pub fn nested<T>(conn: &Connection, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    conn.execute_batch(&format!("SAVEPOINT {name}"))
+        .map_err(|e| Error::sqlite(format!("savepoint {name}"), e))?;
+    let result = f();
+    let end = match result {
+        Ok(_) => format!("RELEASE {name}"),
+        Err(_) => format!("ROLLBACK TO {name}; RELEASE {name}"),
     };
-
-    // Insert the raw event.
-    let row = NewEvent {
-        envelope: env,
-        body: &ingest.body,
-        seq,
-        received_at_ms: ingest.received_at_ms,
-        last_received_at_ms: ingest.received_at_ms,
-        deliveries: 1,
-        secret_index: ingest.secret_index,
-        source: ingest.source,
-        decision,
-    };
-    insert_event(conn, &row).map_err(|e| Error::sqlite(format!("insert event {}", env.id), e))?;
-    *next_seq += 1;
-    Ok(Outcome::Stored { seq })
-}
-
-/// A new row of `events`: the envelope's columns, the raw body and the bookkeeping.
-pub struct NewEvent<'a> {
-    pub envelope: &'a Envelope,
-    pub body: &'a [u8],
-    pub seq: i64,
-    pub received_at_ms: i64,
-    pub last_received_at_ms: i64,
-    pub deliveries: i64,
-    pub secret_index: Option<usize>,
-    pub source: Source,
-    pub decision: &'a str,
-}
-
-/// Inserts one event row. The writer's statement, shared with the benchmarks that fill a
-/// database in bulk, so that they write exactly what the writer writes.
-pub fn insert_event(conn: &Connection, row: &NewEvent) -> rusqlite::Result<()> {
-    let env = row.envelope;
-    conn.prepare_cached(
-        "INSERT INTO events (id, seq, type, created, livemode, account, api_version, object_id,
-            object_type, request_id, idempotency_key, thin, body, received_at, last_received_at,
-            deliveries, secret_index, source, decision)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
-    )?
-    .execute(params![
-        env.id,
-        row.seq,
-        env.event_type,
-        env.created,
-        env.livemode,
-        env.account,
-        env.api_version,
-        env.object_id,
-        env.object_type,
-        env.request_id,
-        env.idempotency_key,
-        env.thin,
-        row.body,
-        row.received_at_ms,
-        row.last_received_at_ms,
-        row.deliveries,
-        row.secret_index.map(|i| i as i64),
-        row.source.as_str(),
-        row.decision,
-    ])?;
-    Ok(())
+    conn.execute_batch(&end)
+        .map_err(|e| Error::sqlite(format!("end savepoint {name}"), e))?;
+    result
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{event::envelope, event::testevent, store};
+    use crate::store;
+    use crate::testkit::TempDir;
 
-    fn ingest(event_type: &str) -> Ingest {
-        let body =
-            serde_json::to_vec(&testevent::build(event_type, 1_700_000_000).unwrap()).unwrap();
-        Ingest {
-            envelope: envelope::parse(&body).unwrap(),
-            body,
-            secret_index: Some(0),
-            received_at_ms: 1,
-            source: Source::Webhook,
-        }
+    fn start(dir: &TempDir) -> Writer {
+        let conn = store::open_writer(&dir.path().join("w.db")).unwrap();
+        Writer::start(
+            conn,
+            WriterConfig {
+                queue_capacity: 16,
+                max_batch: 8,
+            },
+        )
+        .unwrap()
     }
 
-    fn start(tag: &str) -> (Writer, std::path::PathBuf) {
-        let dir =
-            std::env::temp_dir().join(format!("stripe-inbox-writer-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("w.db");
-        let conn = store::open_writer(&path).unwrap();
-        (
-            Writer::start(
-                conn,
-                WriterConfig {
-                    queue_capacity: 16,
-                    max_batch: 8,
-                },
-            )
-            .unwrap(),
-            dir,
-        )
+    fn count(conn: &Connection) -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap()
     }
 
     #[test]
-    fn stores_counts_duplicates_and_numbers_arrivals() {
-        let (writer, dir) = start("dup");
+    fn run_returns_the_closures_result_after_commit_and_a_failure_leaves_nothing() {
+        let dir = TempDir::new("writer-run");
+        let writer = start(&dir);
         let handle = writer.handle();
-        let first = ingest("customer.created");
-        let again = Ingest {
-            envelope: first.envelope.clone(),
-            body: first.body.clone(),
-            ..ingest("customer.created")
-        };
-        assert_eq!(handle.ingest(first).unwrap(), Outcome::Stored { seq: 1 });
+        handle
+            .run(|conn| {
+                conn.execute_batch("CREATE TABLE t (x INTEGER)")
+                    .map_err(|e| Error::sqlite("create", e))
+            })
+            .unwrap();
+        let n: i64 = handle
+            .run(|conn| {
+                conn.execute("INSERT INTO t VALUES (1), (2)", [])
+                    .map_err(|e| Error::sqlite("insert", e))?;
+                Ok(count(conn))
+            })
+            .unwrap();
+        assert_eq!(n, 2, "the closure's value comes back");
+        let failed = handle.run(|conn| -> Result<()> {
+            conn.execute("INSERT INTO t VALUES (3)", [])
+                .map_err(|e| Error::sqlite("insert", e))?;
+            Err(Error::Unavailable("on purpose".into()))
+        });
+        assert!(matches!(failed, Err(Error::Unavailable(_))), "{failed:?}");
         assert_eq!(
-            handle.ingest(again).unwrap(),
-            Outcome::Duplicate { deliveries: 2 }
+            handle.run(|conn| Ok(count(conn))).unwrap(),
+            2,
+            "rolled back"
         );
-        assert_eq!(
-            handle.ingest(ingest("invoice.paid")).unwrap(),
-            Outcome::Stored { seq: 2 }
-        );
-        assert_eq!(handle.stats().events.load(Ordering::Relaxed), 2);
-        assert_eq!(handle.stats().duplicates.load(Ordering::Relaxed), 1);
+        assert_eq!(handle.stats().failed.load(Ordering::Relaxed), 1);
         writer.stop();
-        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn nested_savepoint_keeps_the_enclosing_work() {
+        let dir = TempDir::new("writer-nested");
+        let writer = start(&dir);
+        let handle = writer.handle();
+        let n = handle
+            .run(|conn| {
+                conn.execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);")
+                    .map_err(|e| Error::sqlite("create", e))?;
+                let inner = nested(conn, "inner", || -> Result<()> {
+                    conn.execute("INSERT INTO t VALUES (2)", [])
+                        .map_err(|e| Error::sqlite("insert", e))?;
+                    Err(Error::Unavailable("inner fails".into()))
+                });
+                assert!(inner.is_err());
+                Ok(count(conn))
+            })
+            .unwrap();
+        assert_eq!(n, 1, "the inner insert was rolled back, the outer one kept");
+        writer.stop();
     }
 
     #[test]
     fn a_transaction_that_cannot_begin_fails_its_waiters_instead_of_hanging() {
-        let (writer, dir) = start("begin");
+        let dir = TempDir::new("writer-begin");
+        let writer = start(&dir);
         let handle = writer.handle();
         // query_only makes BEGIN IMMEDIATE fail for every later batch.
         handle
-            .run(Box::new(|conn| {
+            .run(|conn| {
                 conn.execute_batch("PRAGMA query_only = ON")
                     .map_err(|e| Error::sqlite("x", e))
-            }))
+            })
             .unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let h = handle.clone();
-        std::thread::spawn(move || tx.send(h.ingest(ingest("charge.succeeded"))).unwrap());
+        std::thread::spawn(move || tx.send(h.run(|_| Ok(()))).unwrap());
         let outcome = rx
             .recv_timeout(std::time::Duration::from_secs(5))
             .expect("the waiter must be answered");
         assert!(matches!(outcome, Err(Error::Unavailable(_))), "{outcome:?}");
         writer.stop();
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

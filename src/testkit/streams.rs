@@ -1,7 +1,8 @@
 //! Realistic event streams for the projection, built from Stripe's own fixture objects, and the
-//! small harness that feeds them to [`project::apply`] the way the writer thread does.
+//! small harness that feeds them through the real store path ([`store_event`]).
 //!
-//! Test support, compiled as a normal module so benchmarks can reuse it. Each stream is a story
+//! Test support, compiled only for tests and the `testkit` feature (the integration tests and the
+//! benchmarks enable it), never into the release binary. Each stream is a story
 //! in the order Stripe produced it (checkout, subscription life, invoice finalisation, customer
 //! edits, catalog changes, a dispute), with `previous_attributes` computed from the actual change
 //! the way Stripe builds them: old values of the changed top-level keys, changed keys only inside
@@ -10,12 +11,13 @@
 //!
 //! It deliberately holds no assertions: the property and unit tests in `project.rs` do.
 
-use std::sync::OnceLock;
-
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::Connection;
 use serde_json::{json, Map, Value};
 
-use crate::mirror::project::{self, Decision, Input};
+use crate::error::Result;
+use crate::event::{envelope, testevent};
+use crate::ingest::store::{store_event, Ingest, Outcome, Source};
+use crate::mirror::{self, Decision};
 
 /// Base second of every stream (2025-10-09).
 pub const T: i64 = 1_760_000_000;
@@ -57,19 +59,12 @@ pub fn all() -> Vec<Stream> {
     ]
 }
 
-/// One example object of `object_type` from Stripe's fixtures (`fixtures/stripe_objects.json`).
+/// One example object of `object_type` from Stripe's fixtures.
 ///
 /// # Panics
-/// When the fixture has no such object type.
+/// When the fixtures have no such object type.
 pub fn fixture(object_type: &str) -> Value {
-    static FIXTURES: OnceLock<Value> = OnceLock::new();
-    let all = FIXTURES.get_or_init(|| {
-        serde_json::from_str(include_str!("../fixtures/stripe_objects.json"))
-            .expect("fixtures/stripe_objects.json is valid JSON")
-    });
-    all.get(object_type)
-        .unwrap_or_else(|| panic!("no fixture object {object_type}"))
-        .clone()
+    testevent::fixture(object_type).unwrap_or_else(|| panic!("no fixture object {object_type}"))
 }
 
 /// Builds a stream event by event.
@@ -164,7 +159,7 @@ impl StreamEvent {
     /// When `body` is not JSON.
     pub fn new(id: String, event_type: &str, created: i64, body: String) -> StreamEvent {
         let envelope = serde_json::from_str(&body).expect("stream event bodies are JSON");
-        let object_span = project::data_object_raw(&body).map(|raw| {
+        let object_span = mirror::data_object_raw(&body).map(|raw| {
             let start = raw.as_ptr() as usize - body.as_ptr() as usize;
             (start, start + raw.len())
         });
@@ -233,73 +228,29 @@ fn diff_hash(old: &Map<String, Value>, new: &Map<String, Value>) -> Map<String, 
     prev
 }
 
-/// Stores and projects one delivery as the writer does: a known event id is a duplicate and is
-/// skipped (`None`). `insert_first` stores the event row before `apply` (else after), to show
-/// the projection does not care.
+/// Stores one delivery through the real store path ([`store_event`]), as the writer does: a known
+/// event id is a duplicate (`None`); otherwise the decision the mirror took.
+///
+/// # Panics
+/// When the event's body is not an event (stream bodies are built here, so that is a bug).
 pub fn deliver(
     conn: &Connection,
     event: &StreamEvent,
-    seq: i64,
-    insert_first: bool,
-) -> rusqlite::Result<Option<Decision>> {
-    let known = conn
-        .prepare_cached("SELECT 1 FROM events WHERE id = ?1")?
-        .query_row([&event.id], |_| Ok(()))
-        .optional()?
-        .is_some();
-    if known {
-        return Ok(None);
-    }
-    let envelope = &event.envelope;
-    let thin = envelope.get("object").and_then(Value::as_str) == Some("v2.core.event");
-    let object = envelope.pointer("/data/object");
-    let object_id = if thin {
-        envelope.pointer("/related_object/id")
-    } else {
-        object.and_then(|o| o.get("id"))
-    }
-    .and_then(Value::as_str);
-    let object_type = object.and_then(|o| o.get("object")).and_then(Value::as_str);
-    let insert = || {
-        conn.prepare_cached(
-            "INSERT INTO events (seq, id, type, created, object_id, object_type, thin, body,
-                                 received_at, last_received_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-        )?
-        .execute(params![
-            seq,
-            event.id,
-            event.event_type,
-            event.created,
-            object_id,
-            object_type,
-            thin,
-            event.body.as_bytes(),
-            seq * 1000
-        ])
+    received_at_ms: i64,
+) -> Result<Option<Decision>> {
+    let body = event.body.as_bytes().to_vec();
+    let ingest = Ingest {
+        envelope: envelope::parse(&body)
+            .unwrap_or_else(|e| panic!("stream event {}: {e}", event.id)),
+        body,
+        secret_index: None,
+        received_at_ms,
+        source: Source::Webhook,
     };
-    if insert_first {
-        insert()?;
-    }
-    let input = Input {
-        event_id: &event.id,
-        event_type: &event.event_type,
-        created: event.created,
-        seq,
-        account: envelope.get("account").and_then(Value::as_str),
-        livemode: envelope.get("livemode").and_then(Value::as_bool),
-        thin,
-        object,
-        object_raw: event.object_raw(),
-        previous_attributes: envelope.pointer("/data/previous_attributes"),
-    };
-    let decision = project::apply(conn, &input, seq * 1000)?;
-    if !insert_first {
-        insert()?;
-    }
-    conn.prepare_cached("UPDATE events SET decision = ?2 WHERE id = ?1")?
-        .execute(params![event.id, decision.as_str()])?;
-    Ok(Some(decision))
+    Ok(match store_event(conn, &ingest)? {
+        Outcome::Stored { decision, .. } => Some(decision),
+        Outcome::Duplicate { .. } => None,
+    })
 }
 
 /// The mirror as sorted text: every column that must converge whatever the delivery order

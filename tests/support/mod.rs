@@ -7,39 +7,16 @@ pub mod process;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use stripe_inbox::config::Config;
+use stripe_inbox::ingest::store::{store_event, Ingest, Source};
 use stripe_inbox::service::Service;
 use stripe_inbox::{event::signature, event::testevent, store, time};
 
 pub const SECRET: &str = "whsec_test_secret_for_integration";
 
-/// A temp dir removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("stripe-inbox-it-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use stripe_inbox::testkit::TempDir;
 
 /// Config text for a service in `dir` on free ports (port 0 in-process; real ports for binaries).
 /// The admin has no password (the variable it names is never set), unless `admin_extra` says
@@ -274,8 +251,8 @@ pub fn event_id(body: &[u8]) -> String {
 }
 
 /// Writes `n` realistic events about `customers` customers, arrived over the last `hours` hours
-/// (more by day than by night), straight into the database at `db` the way the writer stores
-/// them (projected, then inserted with the decision). For a service started on the file after.
+/// (more by day than by night), into the database at `db` through the one store path, as the
+/// writer stores them. For a service started on the file after.
 pub fn prefill(db: &Path, n: usize, customers: usize, hours: i64) {
     const TYPES: &[&str] = &[
         "customer.created",
@@ -368,31 +345,18 @@ pub fn prefill(db: &Path, n: usize, customers: usize, hours: i64) {
             }
         }
         let body = serde_json::to_vec_pretty(&event).unwrap();
-        let env = stripe_inbox::event::envelope::parse(&body).unwrap();
-        let seq = i as i64 + 1;
-        let input = stripe_inbox::mirror::replay::input(&env, &body, seq);
-        let decision = stripe_inbox::mirror::project::apply(&tx, &input, at)
-            .map(|d| d.as_str())
-            .unwrap_or("projection_failed");
-        tx.execute(
-            "INSERT INTO events (id, seq, type, created, livemode, object_id, object_type,
-                request_id, body, received_at, last_received_at, deliveries, secret_index, decision)
-             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8, ?9, ?9, ?10, 0, ?11)",
-            rusqlite::params![
-                env.id,
-                seq,
-                env.event_type,
-                env.created,
-                env.object_id,
-                env.object_type,
-                env.request_id,
-                body,
-                at,
-                1 + (rand() % 40 == 0) as i64,
-                decision
-            ],
-        )
-        .unwrap();
+        let ingest = Ingest {
+            envelope: stripe_inbox::event::envelope::parse(&body).unwrap(),
+            body,
+            secret_index: Some(0),
+            received_at_ms: at,
+            source: Source::Webhook,
+        };
+        store_event(&tx, &ingest).unwrap();
+        // One event in forty was delivered twice.
+        if rand() % 40 == 0 {
+            store_event(&tx, &ingest).unwrap();
+        }
     }
     tx.commit().unwrap();
 }

@@ -1,0 +1,153 @@
+//! `stripe-inbox check`.
+
+use super::options;
+use crate::error::{Error, Result};
+use crate::mirror::{queries, replay};
+use crate::store::{self, Lock};
+use crate::{format, time};
+
+pub const USAGE: &str = "\
+usage: stripe-inbox check [--config PATH]
+
+Validates the config (keys, addresses, that a signing secret is set, without printing it), then
+opens the database, applies pending migrations, runs PRAGMA integrity_check and prints what it
+found. While a server holds the database it checks read-only and migrates nothing.
+Exits 1 when anything is wrong.
+";
+
+pub fn run(parser: lexopt::Parser) -> Result<()> {
+    let Some(opts) = options::parse(parser, USAGE, &[], 0)? else {
+        return Ok(());
+    };
+    let config = opts.load_config()?;
+    let mut problems = Vec::new();
+
+    // The config.
+    println!("config {}: ok", opts.config.display());
+    println!(
+        "  webhook: http://{}{}",
+        config.webhook.listen, config.webhook.path
+    );
+    println!("  admin:   http://{}/", config.admin.listen);
+    match config.admin_password() {
+        Ok(Some(_)) => println!(
+            "  admin password: set (from ${})",
+            config.admin.password_env
+        ),
+        Ok(None) => println!("  admin password: none (the page is open on loopback only)"),
+        Err(e) => {
+            println!("  admin password: none, and the listener is not loopback");
+            problems.push(e.to_string());
+        }
+    }
+    match config.webhook_secrets() {
+        Ok(secrets) => println!(
+            "  signing secrets: {} ({} in the file, the rest from ${})",
+            secrets.len(),
+            config.webhook.secrets.len(),
+            config.webhook.secrets_env
+        ),
+        Err(e) => {
+            println!("  signing secrets: none");
+            problems.push(e.to_string());
+        }
+    }
+
+    // The database: migrated and compared with a rebuild when we may write, else read-only.
+    let database = &config.database.path;
+    println!("database {}:", database.display());
+    let known = store::known_version();
+    let (conn, lock) = match Lock::acquire(database) {
+        Ok(lock) => {
+            let before = if database.exists() {
+                store::schema_version(&store::open_read_only(database)?)?
+            } else {
+                0
+            };
+            let conn = store::open_writer(database)?;
+            let after = store::schema_version(&conn)?;
+            println!(
+                "  schema version {after} (this build knows {known}); migrated {} step(s)",
+                after - before
+            );
+            (conn, Some(lock))
+        }
+        Err(Error::Locked { holder, .. }) => {
+            let conn = store::open_read_only(database)?;
+            let found = store::schema_version(&conn)?;
+            println!("  held by {holder}: checking read-only, nothing migrated");
+            println!("  schema version {found} (this build knows {known})");
+            if found > known {
+                problems.push(format!(
+                    "schema version {found} is newer than this build ({known})"
+                ));
+            }
+            (conn, None)
+        }
+        Err(e) => return Err(e),
+    };
+    let integrity = store::integrity_problems(&conn)?;
+    let mirror = match lock {
+        Some(_) => Some(replay::verify_mirror(&conn)?),
+        None => None,
+    };
+    if integrity.is_empty() {
+        println!("  integrity: ok");
+    } else {
+        println!("  integrity: {} problem(s)", integrity.len());
+        for p in integrity.iter().take(10) {
+            println!("    {p}");
+        }
+        problems.push("integrity_check found problems".into());
+    }
+    for p in queries::mirror_problems(&conn)? {
+        println!("  mirror: {p}");
+        problems.push(format!("mirror: {p}"));
+    }
+    let (events, deliveries, newest): (i64, i64, Option<i64>) = conn
+        .query_row(
+            "SELECT COUNT(*), COALESCE(SUM(deliveries), 0), MAX(received_at) FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map_err(|e| Error::sqlite("count events", e))?;
+    let (size, _) = store::file_sizes(database);
+    println!(
+        "  events: {events} ({deliveries} deliveries), file size {}",
+        format::bytes(size)
+    );
+    if let Some(ms) = newest {
+        let age = (time::now_ms() - ms) / 1000;
+        println!(
+            "  newest event received {} ({} ago)",
+            time::format_utc(ms / 1000),
+            format::age(age)
+        );
+    }
+    match mirror {
+        Some(m) if m.differing_count == 0 => {
+            println!(
+                "  mirror: {} objects, the same as a rebuild from the events",
+                m.objects
+            )
+        }
+        Some(m) => {
+            println!(
+                "  mirror: {} of {} objects differ from a rebuild from the events: {}",
+                m.differing_count,
+                m.objects,
+                m.differing.join(", ")
+            );
+            problems.push(
+                "the mirror differs from a rebuild (fix: stripe-inbox replay --rebuild)".into(),
+            );
+        }
+        None => println!("  mirror: not compared with a rebuild while a server holds the database"),
+    }
+    if problems.is_empty() {
+        println!("all good");
+        Ok(())
+    } else {
+        Err(Error::Problems(problems))
+    }
+}

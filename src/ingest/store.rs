@@ -1,0 +1,203 @@
+//! The one function that stores an event: [`store_event`]. Every way an event enters the database
+//! goes through it: the webhook (inside a writer closure), the bulk fills of the benchmarks and
+//! the tests (on a locked writer connection), and the property tests of the mirror.
+//!
+//! In one transaction: a known id is a repeated delivery and only counts it; a new one is applied
+//! to the mirror and then inserted with the decision the mirror took. A projection that fails
+//! (a bug, a body the rules choke on) is rolled back alone, and the event is stored anyway with
+//! decision `projection_failed`: the event is the ground truth and must never be lost for the
+//! mirror's sake. `retention` re-inserts pruned rows with a statement of its own, because it moves
+//! whole existing rows (rowid included) rather than storing new events.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::{Error, Result};
+use crate::event::envelope::Envelope;
+use crate::mirror::{self, Decision};
+use crate::store::writer::nested;
+
+/// Where an event came from (stored in `events.source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Delivered by Stripe to the webhook endpoint.
+    Webhook,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Webhook => "webhook",
+        }
+    }
+}
+
+/// An event on its way to disk.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    pub envelope: Envelope,
+    /// The raw body exactly as received.
+    pub body: Vec<u8>,
+    /// Which configured signing secret matched (`None` when none was checked).
+    pub secret_index: Option<usize>,
+    /// Unix milliseconds when it arrived.
+    pub received_at_ms: i64,
+    pub source: Source,
+}
+
+/// What storing an event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new row, at this arrival sequence number, with the mirror's decision.
+    Stored { seq: i64, decision: Decision },
+    /// The id was known; `deliveries` is the new delivery count.
+    Duplicate { deliveries: i64 },
+}
+
+/// Stores one event on `conn`, which must be inside a transaction (a writer closure, or a bulk
+/// fill holding the database lock). See the module doc for what it does.
+pub fn store_event(conn: &Connection, event: &Ingest) -> Result<Outcome> {
+    let env = &event.envelope;
+
+    // A known id is a repeated delivery: count it, change nothing else.
+    let deliveries: Option<i64> = conn
+        .prepare_cached(
+            "UPDATE events SET deliveries = deliveries + 1, last_received_at = ?2
+             WHERE id = ?1 RETURNING deliveries",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_row(params![env.id, event.received_at_ms], |r| r.get(0))
+                .optional()
+        })
+        .map_err(|e| Error::sqlite(format!("count delivery of {}", env.id), e))?;
+    if let Some(deliveries) = deliveries {
+        return Ok(Outcome::Duplicate { deliveries });
+    }
+
+    // Apply it to the mirror, in a savepoint of its own: if the projection fails, only its
+    // writes are undone, and the event is stored regardless.
+    let seq: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM events")
+        .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)))
+        .map_err(|e| Error::sqlite("read next event sequence", e))?;
+    let input = mirror::input(env, &event.body, seq);
+    let decision = match nested(conn, "project", || {
+        mirror::apply(conn, &input, event.received_at_ms)
+            .map_err(|e| Error::sqlite(format!("project event {}", env.id), e))
+    }) {
+        Ok(decision) => decision,
+        Err(e) => {
+            log::error!(
+                "project event={}: {e}; stored with decision projection_failed",
+                env.id
+            );
+            Decision::ProjectionFailed
+        }
+    };
+
+    // Insert the raw event.
+    conn.prepare_cached(
+        "INSERT INTO events (id, seq, type, created, livemode, account, api_version, object_id,
+            object_type, request_id, idempotency_key, thin, body, received_at, last_received_at,
+            deliveries, secret_index, source, decision)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, 1, ?15, ?16, ?17)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            env.id,
+            seq,
+            env.event_type,
+            env.created,
+            env.livemode,
+            env.account,
+            env.api_version,
+            env.object_id,
+            env.object_type,
+            env.request_id,
+            env.idempotency_key,
+            env.thin,
+            event.body,
+            event.received_at_ms,
+            event.secret_index.map(|i| i as i64),
+            event.source.as_str(),
+            decision.as_str(),
+        ])
+    })
+    .map_err(|e| Error::sqlite(format!("insert event {}", env.id), e))?;
+    Ok(Outcome::Stored { seq, decision })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{envelope, testevent};
+    use crate::store;
+
+    fn ingest(event_type: &str, received_at_ms: i64) -> Ingest {
+        let body =
+            serde_json::to_vec(&testevent::build(event_type, 1_700_000_000).unwrap()).unwrap();
+        Ingest {
+            envelope: envelope::parse(&body).unwrap(),
+            body,
+            secret_index: Some(0),
+            received_at_ms,
+            source: Source::Webhook,
+        }
+    }
+
+    #[test]
+    fn stores_counts_duplicates_and_numbers_arrivals() {
+        let conn = store::open_memory().unwrap();
+        let first = ingest("customer.created", 1);
+        let again = Ingest {
+            received_at_ms: 2,
+            ..first.clone()
+        };
+        assert_eq!(
+            store_event(&conn, &first).unwrap(),
+            Outcome::Stored {
+                seq: 1,
+                decision: Decision::Applied
+            }
+        );
+        assert_eq!(
+            store_event(&conn, &again).unwrap(),
+            Outcome::Duplicate { deliveries: 2 }
+        );
+        assert!(matches!(
+            store_event(&conn, &ingest("invoice.paid", 3)).unwrap(),
+            Outcome::Stored { seq: 2, .. }
+        ));
+        let (body, last, source): (Vec<u8>, i64, String) = conn
+            .query_row(
+                "SELECT body, last_received_at, source FROM events WHERE id = ?1",
+                [&first.envelope.id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(body, first.body, "the raw body, byte for byte");
+        assert_eq!((last, source.as_str()), (2, "webhook"));
+    }
+
+    #[test]
+    fn a_failing_projection_still_stores_the_event() {
+        let conn = store::open_memory().unwrap();
+        // The projection writes `objects`; make every write there fail.
+        conn.execute_batch(
+            "CREATE TRIGGER no_objects BEFORE INSERT ON objects
+             BEGIN SELECT RAISE(ABORT, 'objects refused'); END;",
+        )
+        .unwrap();
+        let event = ingest("customer.created", 1);
+        assert_eq!(
+            store_event(&conn, &event).unwrap(),
+            Outcome::Stored {
+                seq: 1,
+                decision: Decision::ProjectionFailed
+            }
+        );
+        let decision: String = conn
+            .query_row("SELECT decision FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(decision, "projection_failed");
+    }
+}

@@ -1,0 +1,334 @@
+//! Rule 4: same-second ties, decided over every event about the object in that second (read back
+//! from `events`), so that the winner is a function of the set of events seen and not of their
+//! order: causal chain first, then the one-way lifecycle, then the last arrival (flagged
+//! `uncertain`).
+
+use std::borrow::Cow;
+
+use rusqlite::Connection;
+use serde_json::Value;
+
+use super::json_span::data_object_raw;
+use super::lifecycle::{Rank, Status};
+use super::project::{livemode, raw_text, Input, Kind, Shape};
+use super::rows::{load_group, update, Row, Stored};
+use super::{Decision, TieRule};
+
+/// Beyond this many other events about one object in one second, a tie is not compared but
+/// goes to the last arrival (flagged `uncertain`): it bounds the work one event can cause.
+pub(super) const MAX_TIE_EVENTS: usize = 100;
+
+/// One state of the object at the tied second, as one event (or the stored row) shows it.
+pub(super) struct Candidate<'a> {
+    /// `None`: the stored row's state when its event is not in `events` (pruned, or a refetch).
+    pub(super) event_id: Option<String>,
+    pub(super) seq: i64,
+    pub(super) kind: Kind,
+    pub(super) rank: Rank,
+    pub(super) data: Cow<'a, Value>,
+    pub(super) text: Text<'a>,
+    pub(super) prev: Option<Cow<'a, Value>>,
+    pub(super) account: Option<String>,
+    pub(super) livemode: Option<bool>,
+    pub(super) source: String,
+}
+
+/// Where a candidate's exact object text comes from: a stored event's body is only scanned for
+/// it when that candidate wins.
+pub(super) enum Text<'a> {
+    Object(Cow<'a, str>),
+    Body(Vec<u8>),
+}
+
+impl Candidate<'_> {
+    pub(super) fn text(&self) -> Cow<'_, str> {
+        match &self.text {
+            Text::Object(text) => Cow::Borrowed(text),
+            Text::Body(body) => match std::str::from_utf8(body).ok().and_then(data_object_raw) {
+                Some(text) => Cow::Borrowed(text),
+                None => Cow::Owned(self.data.to_string()),
+            },
+        }
+    }
+}
+
+/// Distinct data at the tied second, with the candidates that carry it.
+pub(super) struct State {
+    pub(super) members: Vec<usize>,
+}
+
+pub(super) struct Resolution {
+    /// Index into the states.
+    pub(super) winner: usize,
+    /// `None` when one state, or one delete, was left without a tie-break.
+    pub(super) rule: Option<TieRule>,
+    /// The winner is a delete's state.
+    pub(super) tombstone: bool,
+}
+
+pub(super) fn tie(
+    conn: &Connection,
+    input: &Input,
+    object: &Value,
+    shape: &Shape,
+    stored: &Stored,
+    now_ms: i64,
+) -> rusqlite::Result<Decision> {
+    // Gather every state of the object at this second: earlier events, this one, and the stored
+    // row if its event is not among them.
+    let delete_at = (shape.kind == Kind::Deleted).then_some(input.created);
+    let group = load_group(conn, shape.id, input.created, input.event_id, shape.otype)?;
+    let Some(mut cands) = group else {
+        // Too many to compare on every arrival: the last arrival wins, flagged for a refetch.
+        log::warn!(
+            "project: over {MAX_TIE_EVENTS} events in one second, last arrival wins object_id={} second={}",
+            shape.id,
+            input.created
+        );
+        let raw = raw_text(input, object);
+        let row = Row {
+            uncertain: true,
+            ..Row::of_event(input, shape, object, &raw)
+        };
+        update(conn, shape.id, &row, delete_at, now_ms)?;
+        return Ok(match shape.kind {
+            Kind::Deleted => Decision::Tombstoned,
+            _ => Decision::TieResolved(TieRule::LastArrival),
+        });
+    };
+    cands.push(Candidate {
+        event_id: Some(input.event_id.to_owned()),
+        seq: input.seq,
+        kind: shape.kind,
+        rank: Rank::of(shape.otype, input.event_type, shape.kind, object),
+        data: Cow::Borrowed(object),
+        text: Text::Object(raw_text(input, object)),
+        prev: input
+            .previous_attributes
+            .filter(|p| p.is_object())
+            .map(Cow::Borrowed),
+        account: input.account.map(str::to_owned),
+        livemode: livemode(input.livemode, object),
+        source: "event".to_owned(),
+    });
+    let me = cands.len() - 1;
+    let stored_found = stored
+        .event_id
+        .as_deref()
+        .is_some_and(|id| cands.iter().any(|c| c.event_id.as_deref() == Some(id)));
+    if !stored_found {
+        if let Some(c) = stored.candidate(shape.otype) {
+            cands.push(c);
+        }
+    }
+
+    // Decide.
+    let states = group_states(&cands);
+    let res = resolve(&cands, &states);
+    let winner = &states[res.winner];
+    let state_of = |pick: &dyn Fn(usize) -> bool| {
+        states
+            .iter()
+            .position(|s| s.members.iter().any(|&i| pick(i)))
+    };
+    let my_state = state_of(&|i| i == me);
+    let stored_state = state_of(&|i| cands[i].event_id == stored.event_id);
+
+    // Record the winner, represented by its smallest event id so the row is order-independent.
+    // `group_states` never makes an empty state, so `members[0]` exists.
+    let rep = winner.members[1..].iter().map(|&i| &cands[i]).fold(
+        &cands[winner.members[0]],
+        |best, c| {
+            if rep_key(c) < rep_key(best) {
+                c
+            } else {
+                best
+            }
+        },
+    );
+    let uncertain = res.rule == Some(TieRule::LastArrival);
+    let rep_text = rep.text();
+    let changed = *rep_text != *stored.data
+        || rep.event_id != stored.event_id
+        || uncertain != stored.uncertain
+        || delete_at.is_some();
+    if changed {
+        let row = Row {
+            otype: shape.otype,
+            account: rep.account.as_deref(),
+            livemode: rep.livemode,
+            data: &rep_text,
+            k_created: Some(input.created),
+            k_rank: rep.rank.status(),
+            k_seq: Some(rep.seq),
+            source: &rep.source,
+            event_id: rep.event_id.as_deref(),
+            uncertain,
+        };
+        update(conn, shape.id, &row, delete_at, now_ms)?;
+    }
+    log::debug!(
+        "project: tie object_id={} second={} states={} rule={:?} winner={:?}",
+        shape.id,
+        input.created,
+        states.len(),
+        res.rule,
+        rep.event_id
+    );
+
+    // Explain what happened to this event.
+    let won = my_state == Some(res.winner);
+    Ok(match (shape.kind, res.rule) {
+        (Kind::Deleted, _) => Decision::Tombstoned,
+        _ if res.tombstone && !won => Decision::DeletedIgnored,
+        (Kind::Created, _) if !won || my_state == stored_state => Decision::CreatedIgnored,
+        // The event carries the state already mirrored: it can only confirm it.
+        _ if won && (res.tombstone || my_state == stored_state) => Decision::Unchanged,
+        (_, None) => Decision::Unchanged,
+        (_, Some(rule)) => Decision::TieResolved(rule),
+    })
+}
+
+/// Orders the events of one state to pick the one recorded: real events before the stored row's
+/// own state, then the smallest id.
+pub(super) fn rep_key<'c>(c: &'c Candidate) -> (bool, Option<&'c str>) {
+    (c.event_id.is_none(), c.event_id.as_deref())
+}
+
+/// Groups candidates with equal data into states.
+pub(super) fn group_states(cands: &[Candidate]) -> Vec<State> {
+    let mut states: Vec<State> = Vec::new();
+    for (i, c) in cands.iter().enumerate() {
+        match states
+            .iter_mut()
+            .find(|s| cands[s.members[0]].data == c.data)
+        {
+            Some(s) => s.members.push(i),
+            None => states.push(State { members: vec![i] }),
+        }
+    }
+    states
+}
+
+/// Picks the winning state: deletes first, then causal, lifecycle, last arrival.
+///
+/// The result depends only on the set of candidates (and, for last arrival, their `seq`), never
+/// on the order of `cands`.
+pub(super) fn resolve(cands: &[Candidate], states: &[State]) -> Resolution {
+    let has = |s: &State, kind: Kind| s.members.iter().any(|&i| cands[i].kind == kind);
+
+    // A delete's state beats every other state of its second.
+    let mut pool: Vec<usize> = (0..states.len())
+        .filter(|&s| has(&states[s], Kind::Deleted))
+        .collect();
+    let tombstone = !pool.is_empty();
+    if !tombstone {
+        pool = (0..states.len()).collect();
+    }
+    if pool.len() == 1 {
+        return Resolution {
+            winner: pool[0],
+            rule: None,
+            tombstone,
+        };
+    }
+
+    // Causal: keep the states in terminal components of the "is followed by" graph.
+    let n = pool.len();
+    let mut reach = vec![vec![false; n]; n];
+    for (x, &sx) in pool.iter().enumerate() {
+        let x_data = &cands[states[sx].members[0]].data;
+        for (y, &sy) in pool.iter().enumerate() {
+            reach[x][y] = x != y
+                && states[sy].members.iter().any(|&i| {
+                    cands[i]
+                        .prev
+                        .as_ref()
+                        .is_some_and(|p| prev_matches(p, x_data))
+                });
+        }
+    }
+    // Transitive closure (Warshall); a second is a handful of states.
+    for k in 0..n {
+        let via = reach[k].clone();
+        for row in reach.iter_mut().filter(|row| row[k]) {
+            for (to, &through) in row.iter_mut().zip(&via) {
+                *to |= through;
+            }
+        }
+    }
+    let terminal: Vec<usize> = (0..n)
+        .filter(|&x| (0..n).all(|y| !reach[x][y] || reach[y][x]))
+        .map(|x| pool[x])
+        .collect();
+    if terminal.len() == 1 {
+        return Resolution {
+            winner: terminal[0],
+            rule: Some(TieRule::Causal),
+            tombstone,
+        };
+    }
+    let pool = if terminal.is_empty() { pool } else { terminal };
+
+    // Lifecycle: the highest rank, if exactly one state has it.
+    let use_status = pool.iter().all(|&s| {
+        states[s]
+            .members
+            .iter()
+            .all(|&i| cands[i].rank.status != Status::Unknown)
+    });
+    let key = |s: usize| {
+        states[s]
+            .members
+            .iter()
+            .map(|&i| cands[i].rank.key(use_status))
+            .fold([i64::MIN; 5], std::cmp::max)
+    };
+    let best = pool
+        .iter()
+        .map(|&s| key(s))
+        .fold([i64::MIN; 5], std::cmp::max);
+    let top: Vec<usize> = pool.iter().copied().filter(|&s| key(s) == best).collect();
+    if let [only] = top[..] {
+        return Resolution {
+            winner: only,
+            rule: Some(TieRule::Lifecycle),
+            tombstone,
+        };
+    }
+
+    // Last arrival, flagged uncertain.
+    let arrival = |s: usize| states[s].members.iter().map(|&i| cands[i].seq).max();
+    // `top` holds at least the state that has the best key.
+    let mut winner = top[0];
+    for &s in &top[1..] {
+        if arrival(s) > arrival(winner) {
+            winner = s;
+        }
+    }
+    Resolution {
+        winner,
+        rule: Some(TieRule::LastArrival),
+        tombstone,
+    }
+}
+
+/// True when every key of `prev` (an event's `previous_attributes`) equals the value in `data`.
+///
+/// Nested objects are compared key by key, since Stripe sends the changed keys of a hash; arrays
+/// and scalars must be equal; a missing key counts as `null`. An empty `prev` proves nothing.
+pub(super) fn prev_matches(prev: &Value, data: &Value) -> bool {
+    match prev.as_object() {
+        Some(p) if !p.is_empty() => sub_matches(prev, data),
+        _ => false,
+    }
+}
+
+pub(super) fn sub_matches(prev: &Value, data: &Value) -> bool {
+    match (prev, data) {
+        (Value::Object(p), Value::Object(d)) => p
+            .iter()
+            .all(|(k, v)| sub_matches(v, d.get(k).unwrap_or(&Value::Null))),
+        _ => prev == data,
+    }
+}

@@ -1,0 +1,155 @@
+//! Opening connections: the one writer connection, the read-only pool, read-only and in-memory
+//! connections, a copy target, a locked maintenance connection and the checkpointer's. This file is
+//! the only place in the crate that may call `Connection::open*` (clippy `disallowed-methods`).
+//!
+//! The writer connection runs in WAL mode with `synchronous=FULL`, because a 2xx to Stripe promises
+//! the event survives a power cut; it is migrated before anyone uses it. Readers are `query_only`:
+//! they can never write, whatever a bug elsewhere asks of them. Connection pragmas live here, at
+//! open time, never in `schema.sql`.
+
+#![allow(clippy::disallowed_methods)] // This module is the one allowed to open connections.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::lock::{lock_path, resolve, Lock};
+use super::migrate::migrate;
+use crate::error::{Error, Result};
+
+/// The read-only connection pool handed to the admin pages and the read API.
+pub type ReadPool = r2d2::Pool<r2d2_sqlite::SqliteConnectionManager>;
+
+/// How long a connection waits for a lock before SQLite gives up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens the writer connection, creating the file if needed, and migrates it to the latest step.
+/// Call only from the code that owns the writer thread (or a command holding [`Lock`]).
+pub fn open_writer(path: &Path) -> Result<Connection> {
+    let what = || format!("open database {}", path.display());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create directory {}", dir.display()), e))?;
+    }
+    let conn = Connection::open(path).map_err(|e| Error::sqlite(what(), e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| Error::sqlite(what(), e))?;
+    // Only possible while the file is still empty: lets `prune` give space back with an
+    // incremental vacuum instead of a full VACUUM that would stall the writer.
+    conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL;")
+        .map_err(|e| Error::sqlite(what(), e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| Error::sqlite(what(), e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Damaged {
+            path: path.to_path_buf(),
+            msg: format!("journal_mode is {mode}, WAL is required"),
+        });
+    }
+    // The checkpointer thread moves WAL pages into the file; the writer checkpoints only as a
+    // fallback when the WAL passes ~400 MB, and a WAL that grew is cut back to 64 MiB after reset.
+    // Savepoint journals stay in memory, and an 8 MiB page cache spares the writer re-reads.
+    conn.execute_batch(
+        "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA wal_autocheckpoint=100000;
+         PRAGMA journal_size_limit=67108864; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-8192;",
+    )
+    .map_err(|e| Error::sqlite(what(), e))?;
+    migrate(&conn, path)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection (for `check` while a server holds the database, and tools).
+pub fn open_read_only(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| Error::sqlite(format!("open database {} read-only", path.display()), e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| Error::sqlite("set busy timeout", e))?;
+    conn.execute_batch("PRAGMA query_only=ON;")
+        .map_err(|e| Error::sqlite("set query_only", e))?;
+    Ok(conn)
+}
+
+/// An in-memory database with the whole schema, for tests and benchmarks of the projection.
+pub fn open_memory() -> Result<Connection> {
+    let conn =
+        Connection::open_in_memory().map_err(|e| Error::sqlite("open in-memory database", e))?;
+    migrate(&conn, Path::new(":memory:"))?;
+    Ok(conn)
+}
+
+/// Opens a file that receives a copy of a database (a backup's `OUT.tmp`, a restore's
+/// `<db>.tmp`): read-write, created if missing, nothing migrated. Never the live database, whose one
+/// writer is the writer thread: callers pass a path of their own making.
+pub fn open_copy_target(path: &Path) -> Result<Connection> {
+    let what = || format!("open copy {}", path.display());
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(what(), e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| Error::sqlite(what(), e))?;
+    Ok(conn)
+}
+
+/// Opens an existing database read-write without migrating it, for maintenance by a command that
+/// holds `lock` (so no server is writing): restore checkpoints the old file through it before
+/// moving it away. Fails unless `lock` is the lock of `path`.
+pub fn open_locked(path: &Path, lock: &Lock) -> Result<Connection> {
+    let what = || format!("open database {}", path.display());
+    if lock.path() != lock_path(&resolve(path)) {
+        return Err(Error::refused(
+            format!(
+                "{}: the lock held is {}, not this database's",
+                what(),
+                lock.path().display()
+            ),
+            "",
+        ));
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(what(), e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| Error::sqlite(what(), e))?;
+    Ok(conn)
+}
+
+/// A pool of `query_only` connections for readers.
+pub fn read_pool(path: &Path, size: u32) -> Result<ReadPool> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let manager = r2d2_sqlite::SqliteConnectionManager::file(path)
+        .with_flags(flags)
+        .with_init(|c| {
+            c.busy_timeout(BUSY_TIMEOUT)?;
+            c.execute_batch("PRAGMA query_only=ON;")
+        });
+    Ok(r2d2::Pool::builder()
+        .max_size(size)
+        .connection_timeout(Duration::from_secs(5))
+        .build(manager)?)
+}
+
+/// Sets the writer connection's own WAL autocheckpoint threshold, in frames.
+pub fn set_autocheckpoint(conn: &Connection, frames: i64) -> Result<()> {
+    conn.pragma_update(None, "wal_autocheckpoint", frames)
+        .map_err(|e| Error::sqlite("set wal_autocheckpoint", e))
+}
+
+/// Opens a connection that can run `PRAGMA wal_checkpoint` and nothing else that writes: opened
+/// read-write (SQLite refuses to checkpoint from a read-only-opened connection), then `query_only`.
+/// A checkpoint only copies pages the writer has already committed. Used by [`Checkpointer`], and
+/// by `backup` to fold in, itself, the WAL that grew while it held its snapshot.
+pub fn open_checkpointer(path: &Path) -> Result<Connection> {
+    let what = || format!("open checkpoint connection to {}", path.display());
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(what(), e))?;
+    conn.busy_timeout(Duration::from_millis(100))
+        .map_err(|e| Error::sqlite(what(), e))?;
+    conn.execute_batch("PRAGMA query_only=ON;")
+        .map_err(|e| Error::sqlite(what(), e))?;
+    Ok(conn)
+}
