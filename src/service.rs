@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::admin::api::Api;
 use crate::admin::auth::Auth;
-use crate::admin::router::Admin;
+use crate::admin::context::Admin;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::http::{Server, ServerConfig};

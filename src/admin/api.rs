@@ -15,7 +15,6 @@ use serde_json::{json, Value};
 use crate::admin::form::{decode_path, Form};
 use crate::crypto;
 use crate::http::{Request, Response};
-use crate::ingest::endpoint::error;
 use crate::store::ReadPool;
 
 /// The most objects one list call returns.
@@ -32,33 +31,36 @@ impl Api {
     /// Handles a request whose path starts with `/api/`.
     pub fn handle(&self, req: &Request) -> Response {
         let Some(token) = &self.token else {
-            return error(404, "not found: the read API is off (set [api] token_env)");
+            return Response::json_error(
+                404,
+                "not found: the read API is off (set [api] token_env)",
+            );
         };
         let given = req
             .header("authorization")
             .and_then(|h| h.strip_prefix("Bearer "))
             .unwrap_or("");
         if !crypto::ct_eq(given.trim().as_bytes(), token.as_bytes()) {
-            return error(401, "unauthorized: send Authorization: Bearer <token>")
+            return Response::json_error(401, "unauthorized: send Authorization: Bearer <token>")
                 .with_header("WWW-Authenticate", "Bearer")
                 .with_log("api=unauthorized");
         }
         if req.method != "GET" {
-            return error(405, "method not allowed").with_header("Allow", "GET");
+            return Response::json_error(405, "method not allowed").with_header("Allow", "GET");
         }
         let result = match req.path.strip_prefix("/api/objects") {
             Some("") | Some("/") => self.list(&req.query),
             Some(rest) if rest.starts_with('/') && rest.len() > 1 => {
                 self.one(&decode_path(&rest[1..]))
             }
-            _ => return error(404, "not found"),
+            _ => return Response::json_error(404, "not found"),
         };
         match result {
             Ok(response) => response,
-            Err(ApiError::BadRequest(msg)) => error(400, &msg),
+            Err(ApiError::BadRequest(msg)) => Response::json_error(400, &msg),
             Err(ApiError::Internal(msg)) => {
                 log::error!("read api: {msg}");
-                error(500, "internal error")
+                Response::json_error(500, "internal error")
             }
         }
     }
@@ -74,7 +76,7 @@ impl Api {
         let mut rows = stmt.query_map([id], row_to_json).map_err(internal)?;
         match rows.next() {
             Some(row) => Ok(Response::json(200, row.map_err(internal)?.to_string())),
-            None => Ok(error(404, "no such object in the mirror")),
+            None => Ok(Response::json_error(404, "no such object in the mirror")),
         }
     }
 

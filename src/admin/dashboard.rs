@@ -11,11 +11,12 @@ use std::sync::atomic::Ordering;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::admin::auth::Viewer;
+use crate::admin::context::{page_response, Admin};
 use crate::admin::html::{self, esc, Bar, Frame};
-use crate::admin::router::{file_size, page_response, wal_path, Admin};
 use crate::error::{Error, Result};
 use crate::http::Response;
 use crate::mirror::{Decision, Outcome};
+use crate::store;
 use crate::time::now_ms;
 
 /// Past this age of the newest event the dashboard warns that nothing is arriving.
@@ -187,8 +188,7 @@ pub fn page(admin: &Admin, viewer: &Viewer) -> Result<Response> {
         }
     }
 
-    let database = file_size(&admin.database);
-    let wal = file_size(&wal_path(&admin.database));
+    let (database, wal) = store::file_sizes(&admin.database);
     let cards: Vec<(String, String, &str)> = vec![
         (
             html::thousands(s.last_hour),

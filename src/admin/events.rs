@@ -7,10 +7,10 @@ use std::fmt::Write as _;
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::admin::auth::Viewer;
+use crate::admin::context::{page_response, redirect, Admin};
 use crate::admin::event_search::{self, find, input_time, Filter, Row, SCAN_BUDGET};
 use crate::admin::form::Form;
 use crate::admin::html::{self, esc, url_encode, Frame};
-use crate::admin::router::{page_response, redirect, Admin};
 use crate::error::{Error, Result};
 use crate::http::{Request, Response};
 use crate::mirror::Decision;

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod context;
 pub mod dashboard;
 pub mod event_search;
 pub mod events;

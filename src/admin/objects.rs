@@ -13,10 +13,10 @@ use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use crate::admin::auth::Viewer;
+use crate::admin::context::{page_response, redirect, Admin};
 use crate::admin::event_search::Budget;
 use crate::admin::form::Form;
 use crate::admin::html::{self, esc, url_encode, Frame};
-use crate::admin::router::{page_response, redirect, Admin};
 use crate::error::{Error, Result};
 use crate::http::{Request, Response};
 use crate::time::format_utc;

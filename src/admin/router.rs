@@ -21,38 +21,16 @@
 //! `Cache-Control: no-store`. A failed query is logged with its cause; the browser gets a generic
 //! 500 page.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Instant;
 
-use crate::admin::api::Api;
-use crate::admin::auth::{Access, Auth, Login, Viewer};
+use crate::admin::auth::{Access, Login, Viewer};
+use crate::admin::context::{page_response, redirect, Admin};
 use crate::admin::form::{decode_path, Form};
-use crate::admin::html;
-use crate::admin::metrics;
+use crate::admin::{dashboard, events, html, metrics, objects};
 use crate::error::Result;
 use crate::http::{Request, Response};
-use crate::ingest::endpoint::{error, Counters};
-use crate::store::writer::WriterHandle;
-use crate::store::ReadPool;
-use crate::{admin::dashboard, admin::events, admin::objects};
-
-/// The policy every HTML page is sent with: no script of any kind, styles only from this origin's
-/// stylesheet, no framing, forms only back to this origin.
-pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-                       frame-ancestors 'none'; base-uri 'none'";
-
-/// What the admin handlers share.
-pub struct Admin {
-    pub pool: ReadPool,
-    pub writer: WriterHandle,
-    pub counters: Arc<Counters>,
-    pub api: Api,
-    pub auth: Auth,
-    /// The database file, for its size on the dashboard and in `/metrics`.
-    pub database: PathBuf,
-}
+use crate::store;
 
 impl Admin {
     /// Handles one request on the admin listener.
@@ -76,9 +54,12 @@ impl Admin {
             "/login" if get => return self.login_form(&req, None),
             "/login" if method == "POST" => return self.login(&req),
             "/healthz" | "/metrics" | "/admin.css" => {
-                return error(405, "method not allowed").with_header("Allow", "GET")
+                return Response::json_error(405, "method not allowed").with_header("Allow", "GET")
             }
-            "/login" => return error(405, "method not allowed").with_header("Allow", "GET, POST"),
+            "/login" => {
+                return Response::json_error(405, "method not allowed")
+                    .with_header("Allow", "GET, POST")
+            }
             _ => {}
         }
 
@@ -139,10 +120,10 @@ impl Admin {
                 Err(refused) => refused,
             },
             [] | [""] | ["events" | "objects"] | ["events" | "objects", _] => {
-                error(405, "method not allowed").with_header("Allow", "GET")
+                Response::json_error(405, "method not allowed").with_header("Allow", "GET")
             }
             ["logout"] | ["events" | "objects", _, "replay" | "rebuild"] => {
-                error(405, "method not allowed").with_header("Allow", "POST")
+                Response::json_error(405, "method not allowed").with_header("Allow", "POST")
             }
             _ => page_response(
                 404,
@@ -247,8 +228,8 @@ impl Admin {
 
     fn metrics(&self) -> Response {
         let gauges = metrics::Gauges {
-            database_bytes: file_size(&self.database),
-            wal_bytes: file_size(&wal_path(&self.database)),
+            database_bytes: store::file_sizes(&self.database).0,
+            wal_bytes: store::file_sizes(&self.database).1,
             admin_sessions: self.auth.session_count() as u64,
         };
         Response::new(200)
@@ -261,23 +242,6 @@ impl Admin {
     }
 }
 
-/// An HTML answer with the headers every page gets.
-pub fn page_response(status: u16, body: String) -> Response {
-    Response::html(status, body)
-        .with_header("Content-Security-Policy", CSP)
-        .with_header("X-Content-Type-Options", "nosniff")
-        .with_header("X-Frame-Options", "DENY")
-        .with_header("Referrer-Policy", "no-referrer")
-        .with_header("Cache-Control", "no-store")
-}
-
-/// `303 See Other` to a path on this listener.
-pub fn redirect(location: &str) -> Response {
-    Response::new(303)
-        .with_header("Location", location)
-        .with_header("Cache-Control", "no-store")
-}
-
 fn csrf_refused() -> Response {
     page_response(
         403,
@@ -287,18 +251,6 @@ fn csrf_refused() -> Response {
         ),
     )
     .with_log("admin=csrf_refused")
-}
-
-/// The size of a file, 0 when it is not there.
-pub fn file_size(path: &std::path::Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-/// `x.db` → `x.db-wal`.
-pub fn wal_path(database: &std::path::Path) -> PathBuf {
-    let mut name = database.as_os_str().to_owned();
-    name.push("-wal");
-    PathBuf::from(name)
 }
 
 trait WithBodyText {

@@ -46,14 +46,17 @@ impl Endpoint {
     /// Handles one request on the webhook listener.
     pub fn handle(&self, req: Request) -> Response {
         if req.path != self.path {
-            return error(
+            return Response::json_error(
                 404,
                 "not found: stripe-inbox takes webhooks at its configured path only",
             );
         }
         if req.method != "POST" {
-            return error(405, "method not allowed: Stripe delivers events with POST")
-                .with_header("Allow", "POST");
+            return Response::json_error(
+                405,
+                "method not allowed: Stripe delivers events with POST",
+            )
+            .with_header("Allow", "POST");
         }
         let now_ms = now_ms();
         self.receive(req, now_ms)
@@ -98,7 +101,7 @@ impl Endpoint {
                     SignatureError::NoMatch => "no_match",
                     SignatureError::OutsideTolerance { .. } => "timestamp",
                 };
-                return error(400, &format!("signature: {e}"))
+                return Response::json_error(400, &format!("signature: {e}"))
                     .with_log(format!("rejected=signature reason={kind}"));
             }
         };
@@ -108,7 +111,7 @@ impl Endpoint {
             Ok(env) => env,
             Err(e) => {
                 self.counters.bad_request.fetch_add(1, Ordering::Relaxed);
-                return error(400, &e.to_string()).with_log("rejected=body");
+                return Response::json_error(400, &e.to_string()).with_log("rejected=body");
             }
         };
         let fields = format!("event={} type={}", envelope.id, envelope.event_type);
@@ -148,15 +151,10 @@ impl Endpoint {
                     }
                     other => format!("{fields} outcome=error reason={:?}", other.to_string()),
                 };
-                error(503, "temporarily unable to store the event; retry later")
+                Response::json_error(503, "temporarily unable to store the event; retry later")
                     .with_header("Retry-After", "5")
                     .with_log(log)
             }
         }
     }
-}
-
-/// A JSON error answer: `{"error":"..."}`.
-pub fn error(status: u16, msg: &str) -> Response {
-    Response::json(status, serde_json::json!({ "error": msg }).to_string())
 }

@@ -1,0 +1,45 @@
+//! What every admin page is given: the shared state of the admin listener ([`Admin`]) and the
+//! response helpers every page uses. Pages depend on this, never on the router.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::admin::api::Api;
+use crate::admin::auth::Auth;
+use crate::http::Response;
+use crate::ingest::endpoint::Counters;
+use crate::store::writer::WriterHandle;
+use crate::store::ReadPool;
+
+/// The policy every HTML page is sent with: no script of any kind, styles only from this origin's
+/// stylesheet, no framing, forms only back to this origin.
+pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+                       frame-ancestors 'none'; base-uri 'none'";
+
+/// What the admin handlers share.
+pub struct Admin {
+    pub pool: ReadPool,
+    pub writer: WriterHandle,
+    pub counters: Arc<Counters>,
+    pub api: Api,
+    pub auth: Auth,
+    /// The database file, for its size on the dashboard and in `/metrics`.
+    pub database: PathBuf,
+}
+
+/// An HTML answer with the headers every page gets.
+pub fn page_response(status: u16, body: String) -> Response {
+    Response::html(status, body)
+        .with_header("Content-Security-Policy", CSP)
+        .with_header("X-Content-Type-Options", "nosniff")
+        .with_header("X-Frame-Options", "DENY")
+        .with_header("Referrer-Policy", "no-referrer")
+        .with_header("Cache-Control", "no-store")
+}
+
+/// `303 See Other` to a path on this listener.
+pub fn redirect(location: &str) -> Response {
+    Response::new(303)
+        .with_header("Location", location)
+        .with_header("Cache-Control", "no-store")
+}
