@@ -9,10 +9,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::server::Shared;
-use super::wire::{encode, has_token, read_body, read_head, reason, ConnectionHeader};
+use super::wire::{
+    encode, framing, has_token, parse_head, reason, ConnectionHeader, Fail, Framing, Head,
+};
 use super::{
-    Request, Response, LINGER, LINGER_MAX_BYTES, LINGER_STOPPING, POLL, READ_CHUNK, WRITE_TIMEOUT,
+    log_line, Request, Response, Shared, CONTINUE, LINGER, LINGER_MAX_BYTES, LINGER_STOPPING,
+    MAX_CHUNK_LINE, MAX_HEADERS, MAX_HEAD_BYTES, POLL, READ_CHUNK, WRITE_TIMEOUT,
 };
 
 /// One connection's socket and the bytes read from it but not consumed yet.
@@ -28,14 +30,6 @@ pub(super) enum ReadOutcome {
     Eof,
     TimedOut,
     Failed(io::Error),
-}
-
-/// Why a request could not be served.
-pub(super) enum Fail {
-    /// Answer with this status (and an `error=` log field), then close.
-    Answer(u16, &'static str),
-    /// The client went away or the socket failed: close without a word.
-    Gone(String),
 }
 
 /// What to do with the connection after a request.
@@ -160,6 +154,108 @@ impl Conn {
                 ReadOutcome::Data => drained += self.buf.len(),
                 _ => break,
             }
+        }
+    }
+}
+
+pub(super) fn read_head(conn: &mut Conn, deadline: Instant) -> Result<Head, Fail> {
+    loop {
+        if let Some((head, len)) = parse_head(conn.data())? {
+            conn.consume(len);
+            return Ok(head);
+        }
+        conn.fill(deadline)?;
+    }
+}
+
+pub(super) fn read_body(
+    conn: &mut Conn,
+    head: &Head,
+    max: usize,
+    deadline: Instant,
+) -> Result<Vec<u8>, Fail> {
+    let framing = framing(head, max)?;
+    let expects_continue = head.minor >= 1
+        && head
+            .get("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    // Only when the client is still waiting: none of the body arrived yet.
+    if expects_continue && framing != Framing::Empty && conn.data().is_empty() {
+        conn.stream
+            .write_all(CONTINUE)
+            .map_err(|e| Fail::Gone(e.to_string()))?;
+    }
+    match framing {
+        Framing::Empty => Ok(Vec::new()),
+        Framing::Length(n) => {
+            let mut body = Vec::with_capacity(n);
+            conn.take_into(&mut body, n, deadline)?;
+            Ok(body)
+        }
+        Framing::Chunked => read_chunked(conn, max, deadline),
+    }
+}
+
+pub(super) fn read_chunked(
+    conn: &mut Conn,
+    max: usize,
+    deadline: Instant,
+) -> Result<Vec<u8>, Fail> {
+    let mut body = Vec::new();
+    loop {
+        let size = loop {
+            let data = conn.data();
+            if data.first().is_some_and(|b| !b.is_ascii_hexdigit()) {
+                return Err(Fail::Answer(400, "bad_chunk_size"));
+            }
+            match httparse::parse_chunk_size(data) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    conn.consume(used);
+                    break size;
+                }
+                Ok(httparse::Status::Partial) if data.len() > MAX_CHUNK_LINE => {
+                    return Err(Fail::Answer(400, "chunk_line_too_long"));
+                }
+                Ok(httparse::Status::Partial) => conn.fill(deadline)?,
+                Err(_) => return Err(Fail::Answer(400, "bad_chunk_size")),
+            }
+        };
+        if size == 0 {
+            break;
+        }
+        if size > (max - body.len()) as u64 {
+            return Err(Fail::Answer(413, "body_too_large"));
+        }
+        conn.take_into(&mut body, size as usize, deadline)?;
+        while conn.data().len() < 2 {
+            conn.fill(deadline)?;
+        }
+        if &conn.data()[..2] != b"\r\n" {
+            return Err(Fail::Answer(400, "bad_chunk"));
+        }
+        conn.consume(2);
+    }
+    // The trailer section, ignored, up to its empty line.
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let data = conn.data();
+        let parsed = match httparse::parse_headers(data, &mut slots) {
+            Ok(httparse::Status::Complete((used, _))) => Some(used),
+            Ok(httparse::Status::Partial) if data.len() >= MAX_HEAD_BYTES => {
+                return Err(Fail::Answer(431, "trailers_too_large"));
+            }
+            Ok(httparse::Status::Partial) => None,
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Fail::Answer(431, "too_many_trailers"));
+            }
+            Err(_) => return Err(Fail::Answer(400, "bad_trailer")),
+        };
+        match parsed {
+            Some(used) => {
+                conn.consume(used);
+                return Ok(body);
+            }
+            None => conn.fill(deadline)?,
         }
     }
 }
@@ -341,23 +437,4 @@ pub(super) fn log_request(
         "{}",
         log_line(name, method, path, status, started.elapsed(), peer, &extra)
     );
-}
-
-/// `{name} {method} {path} status={status} ms={ms:.2} peer={peer} {extra}`.
-pub(super) fn log_line(
-    name: &str,
-    method: &str,
-    path: &str,
-    status: u16,
-    elapsed: Duration,
-    peer: SocketAddr,
-    extra: &str,
-) -> String {
-    let ms = elapsed.as_secs_f64() * 1000.0;
-    let mut line = format!("{name} {method} {path} status={status} ms={ms:.2} peer={peer}");
-    if !extra.is_empty() {
-        line.push(' ');
-        line.push_str(extra);
-    }
-    line
 }

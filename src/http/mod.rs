@@ -49,7 +49,8 @@ mod wire;
 mod tests;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 pub use server::Server;
@@ -200,4 +201,32 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(10),
         }
     }
+}
+
+pub(super) struct Shared {
+    pub(super) config: ServerConfig,
+    pub(super) handler: Handler,
+    pub(super) stopping: AtomicBool,
+    pub(super) open: AtomicUsize,
+    pub(super) lock: Mutex<()>,
+    pub(super) all_closed: Condvar,
+}
+
+/// `{name} {method} {path} status={status} ms={ms:.2} peer={peer} {extra}`.
+pub(super) fn log_line(
+    name: &str,
+    method: &str,
+    path: &str,
+    status: u16,
+    elapsed: Duration,
+    peer: SocketAddr,
+    extra: &str,
+) -> String {
+    let ms = elapsed.as_secs_f64() * 1000.0;
+    let mut line = format!("{name} {method} {path} status={status} ms={ms:.2} peer={peer}");
+    if !extra.is_empty() {
+        line.push(' ');
+        line.push_str(extra);
+    }
+    line
 }

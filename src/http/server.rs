@@ -10,24 +10,18 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::connection::{log_line, serve_connection};
+use super::connection::serve_connection;
 use super::wire::{encode, ConnectionHeader};
-use super::{Handler, Response, ServerConfig, READ_CHUNK, REJECT_WRITE_TIMEOUT, THREAD_STACK};
+use super::{
+    log_line, Handler, Response, ServerConfig, Shared, READ_CHUNK, REJECT_WRITE_TIMEOUT,
+    THREAD_STACK,
+};
 
 /// A running server: the acceptor thread and its connection threads.
 pub struct Server {
     pub(super) shared: Arc<Shared>,
     pub(super) addr: SocketAddr,
     pub(super) acceptor: Option<JoinHandle<()>>,
-}
-
-pub(super) struct Shared {
-    pub(super) config: ServerConfig,
-    pub(super) handler: Handler,
-    pub(super) stopping: AtomicBool,
-    pub(super) open: AtomicUsize,
-    pub(super) lock: Mutex<()>,
-    pub(super) all_closed: Condvar,
 }
 
 impl Server {

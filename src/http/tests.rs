@@ -7,7 +7,6 @@ use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::connection::log_line;
 use super::server::wake_addr;
 use super::wire::{encode, ConnectionHeader};
 use super::*;

@@ -4,11 +4,8 @@
 //! ambiguity is refused rather than guessed.
 
 use std::fmt::Write as _;
-use std::io::Write;
-use std::time::Instant;
 
-use super::connection::{Conn, Fail};
-use super::{Response, CONTINUE, MAX_CHUNK_LINE, MAX_HEADERS, MAX_HEAD_BYTES};
+use super::{Response, MAX_HEADERS, MAX_HEAD_BYTES};
 
 /// A parsed request head.
 pub(super) struct Head {
@@ -88,14 +85,12 @@ pub(super) fn parse_head(data: &[u8]) -> Result<Option<(Head, usize)>, Fail> {
     }
 }
 
-pub(super) fn read_head(conn: &mut Conn, deadline: Instant) -> Result<Head, Fail> {
-    loop {
-        if let Some((head, len)) = parse_head(conn.data())? {
-            conn.consume(len);
-            return Ok(head);
-        }
-        conn.fill(deadline)?;
-    }
+/// Why a request could not be served.
+pub(super) enum Fail {
+    /// Answer with this status (and an `error=` log field), then close.
+    Answer(u16, &'static str),
+    /// The client went away or the socket failed: close without a word.
+    Gone(String),
 }
 
 /// How a request's body is delimited.
@@ -138,98 +133,6 @@ pub(super) fn framing(head: &Head, max: usize) -> Result<Framing, Fail> {
         None | Some(0) => Ok(Framing::Empty),
         Some(n) if n > max as u64 => Err(Fail::Answer(413, "body_too_large")),
         Some(n) => Ok(Framing::Length(n as usize)),
-    }
-}
-
-pub(super) fn read_body(
-    conn: &mut Conn,
-    head: &Head,
-    max: usize,
-    deadline: Instant,
-) -> Result<Vec<u8>, Fail> {
-    let framing = framing(head, max)?;
-    let expects_continue = head.minor >= 1
-        && head
-            .get("expect")
-            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
-    // Only when the client is still waiting: none of the body arrived yet.
-    if expects_continue && framing != Framing::Empty && conn.data().is_empty() {
-        conn.stream
-            .write_all(CONTINUE)
-            .map_err(|e| Fail::Gone(e.to_string()))?;
-    }
-    match framing {
-        Framing::Empty => Ok(Vec::new()),
-        Framing::Length(n) => {
-            let mut body = Vec::with_capacity(n);
-            conn.take_into(&mut body, n, deadline)?;
-            Ok(body)
-        }
-        Framing::Chunked => read_chunked(conn, max, deadline),
-    }
-}
-
-pub(super) fn read_chunked(
-    conn: &mut Conn,
-    max: usize,
-    deadline: Instant,
-) -> Result<Vec<u8>, Fail> {
-    let mut body = Vec::new();
-    loop {
-        let size = loop {
-            let data = conn.data();
-            if data.first().is_some_and(|b| !b.is_ascii_hexdigit()) {
-                return Err(Fail::Answer(400, "bad_chunk_size"));
-            }
-            match httparse::parse_chunk_size(data) {
-                Ok(httparse::Status::Complete((used, size))) => {
-                    conn.consume(used);
-                    break size;
-                }
-                Ok(httparse::Status::Partial) if data.len() > MAX_CHUNK_LINE => {
-                    return Err(Fail::Answer(400, "chunk_line_too_long"));
-                }
-                Ok(httparse::Status::Partial) => conn.fill(deadline)?,
-                Err(_) => return Err(Fail::Answer(400, "bad_chunk_size")),
-            }
-        };
-        if size == 0 {
-            break;
-        }
-        if size > (max - body.len()) as u64 {
-            return Err(Fail::Answer(413, "body_too_large"));
-        }
-        conn.take_into(&mut body, size as usize, deadline)?;
-        while conn.data().len() < 2 {
-            conn.fill(deadline)?;
-        }
-        if &conn.data()[..2] != b"\r\n" {
-            return Err(Fail::Answer(400, "bad_chunk"));
-        }
-        conn.consume(2);
-    }
-    // The trailer section, ignored, up to its empty line.
-    loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let data = conn.data();
-        let parsed = match httparse::parse_headers(data, &mut slots) {
-            Ok(httparse::Status::Complete((used, _))) => Some(used),
-            Ok(httparse::Status::Partial) if data.len() >= MAX_HEAD_BYTES => {
-                return Err(Fail::Answer(431, "trailers_too_large"));
-            }
-            Ok(httparse::Status::Partial) => None,
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(Fail::Answer(431, "too_many_trailers"));
-            }
-            Err(_) => return Err(Fail::Answer(400, "bad_trailer")),
-        };
-        match parsed {
-            Some(used) => {
-                conn.consume(used);
-                return Ok(body);
-            }
-            None => conn.fill(deadline)?,
-        }
     }
 }
 

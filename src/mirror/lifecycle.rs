@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::project::Kind;
+use super::shape::Kind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Status {

@@ -81,6 +81,7 @@
 //! (index `events_object`); the event being applied may already be in that table or not.
 //! When the stored state's event is no longer there (retention), the stored row itself competes.
 
+mod candidate;
 pub mod decision;
 mod json_span;
 mod lifecycle;
@@ -88,6 +89,7 @@ pub mod project;
 pub mod queries;
 pub mod replay;
 mod rows;
+mod shape;
 mod ties;
 
 #[cfg(test)]
@@ -95,4 +97,5 @@ mod tests;
 
 pub use decision::{Decision, Outcome, TieRule};
 pub use json_span::data_object_raw;
-pub use project::{apply, input, Input};
+pub use project::apply;
+pub use shape::{input, Input};

@@ -7,9 +7,9 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
+use super::candidate::{candidate_from_body, Candidate, Text, MAX_TIE_EVENTS};
 use super::lifecycle::Rank;
-use super::project::{classify, livemode, Input, Kind, Shape};
-use super::ties::{Candidate, Text, MAX_TIE_EVENTS};
+use super::shape::{livemode, Input, Kind, Shape};
 
 /// The stored row, as far as decisions need it.
 pub(super) struct Stored {
@@ -148,48 +148,6 @@ pub(super) fn load_group(
         }
     }
     Ok(Some(out))
-}
-
-/// Reads a stored event body as a tie candidate; `None` when it carries no state of the object.
-pub(super) fn candidate_from_body(
-    seq: i64,
-    event_id: &str,
-    event_type: &str,
-    body: Vec<u8>,
-    object_id: &str,
-    otype: &str,
-) -> Option<Candidate<'static>> {
-    let mut envelope: Value = serde_json::from_slice(&body).ok()?;
-    if envelope.get("object").and_then(Value::as_str) == Some("v2.core.event") {
-        return None;
-    }
-    let data = envelope.pointer_mut("/data/object").map(Value::take)?;
-    let shape = classify(event_type, &data)?;
-    if shape.id != object_id || shape.stub {
-        return None;
-    }
-    let kind = shape.kind;
-    let prev = envelope
-        .pointer_mut("/data/previous_attributes")
-        .map(Value::take)
-        .filter(Value::is_object);
-    let account = envelope
-        .get("account")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let live = livemode(envelope.get("livemode").and_then(Value::as_bool), &data);
-    Some(Candidate {
-        event_id: Some(event_id.to_owned()),
-        seq,
-        kind,
-        rank: Rank::of(otype, event_type, kind, &data),
-        data: Cow::Owned(data),
-        text: Text::Body(body),
-        prev: prev.map(Cow::Owned),
-        account,
-        livemode: live,
-        source: "event".to_owned(),
-    })
 }
 
 pub(super) fn insert(

@@ -8,49 +8,11 @@ use std::borrow::Cow;
 use rusqlite::Connection;
 use serde_json::Value;
 
-use super::json_span::data_object_raw;
+use super::candidate::{Candidate, Text, MAX_TIE_EVENTS};
 use super::lifecycle::{Rank, Status};
-use super::project::{livemode, raw_text, Input, Kind, Shape};
 use super::rows::{load_group, update, Row, Stored};
+use super::shape::{livemode, raw_text, Input, Kind, Shape};
 use super::{Decision, TieRule};
-
-/// Beyond this many other events about one object in one second, a tie is not compared but
-/// goes to the last arrival (flagged `uncertain`): it bounds the work one event can cause.
-pub(super) const MAX_TIE_EVENTS: usize = 100;
-
-/// One state of the object at the tied second, as one event (or the stored row) shows it.
-pub(super) struct Candidate<'a> {
-    /// `None`: the stored row's state when its event is not in `events` (pruned, or a refetch).
-    pub(super) event_id: Option<String>,
-    pub(super) seq: i64,
-    pub(super) kind: Kind,
-    pub(super) rank: Rank,
-    pub(super) data: Cow<'a, Value>,
-    pub(super) text: Text<'a>,
-    pub(super) prev: Option<Cow<'a, Value>>,
-    pub(super) account: Option<String>,
-    pub(super) livemode: Option<bool>,
-    pub(super) source: String,
-}
-
-/// Where a candidate's exact object text comes from: a stored event's body is only scanned for
-/// it when that candidate wins.
-pub(super) enum Text<'a> {
-    Object(Cow<'a, str>),
-    Body(Vec<u8>),
-}
-
-impl Candidate<'_> {
-    pub(super) fn text(&self) -> Cow<'_, str> {
-        match &self.text {
-            Text::Object(text) => Cow::Borrowed(text),
-            Text::Body(body) => match std::str::from_utf8(body).ok().and_then(data_object_raw) {
-                Some(text) => Cow::Borrowed(text),
-                None => Cow::Owned(self.data.to_string()),
-            },
-        }
-    }
-}
 
 /// Distinct data at the tied second, with the candidates that carry it.
 pub(super) struct State {

@@ -1,0 +1,90 @@
+//! A tie candidate: one state of an object at a tied second, as one stored event (or the stored
+//! row itself) shows it, with what the tie-break rules need to compare it.
+
+use std::borrow::Cow;
+
+use serde_json::Value;
+
+use super::json_span::data_object_raw;
+use super::lifecycle::Rank;
+use super::shape::{classify, livemode, Kind};
+
+/// Beyond this many other events about one object in one second, a tie is not compared but
+/// goes to the last arrival (flagged `uncertain`): it bounds the work one event can cause.
+pub(super) const MAX_TIE_EVENTS: usize = 100;
+
+/// One state of the object at the tied second, as one event (or the stored row) shows it.
+pub(super) struct Candidate<'a> {
+    /// `None`: the stored row's state when its event is not in `events` (pruned, or a refetch).
+    pub(super) event_id: Option<String>,
+    pub(super) seq: i64,
+    pub(super) kind: Kind,
+    pub(super) rank: Rank,
+    pub(super) data: Cow<'a, Value>,
+    pub(super) text: Text<'a>,
+    pub(super) prev: Option<Cow<'a, Value>>,
+    pub(super) account: Option<String>,
+    pub(super) livemode: Option<bool>,
+    pub(super) source: String,
+}
+
+/// Where a candidate's exact object text comes from: a stored event's body is only scanned for
+/// it when that candidate wins.
+pub(super) enum Text<'a> {
+    Object(Cow<'a, str>),
+    Body(Vec<u8>),
+}
+
+impl Candidate<'_> {
+    pub(super) fn text(&self) -> Cow<'_, str> {
+        match &self.text {
+            Text::Object(text) => Cow::Borrowed(text),
+            Text::Body(body) => match std::str::from_utf8(body).ok().and_then(data_object_raw) {
+                Some(text) => Cow::Borrowed(text),
+                None => Cow::Owned(self.data.to_string()),
+            },
+        }
+    }
+}
+
+/// Reads a stored event body as a tie candidate; `None` when it carries no state of the object.
+pub(super) fn candidate_from_body(
+    seq: i64,
+    event_id: &str,
+    event_type: &str,
+    body: Vec<u8>,
+    object_id: &str,
+    otype: &str,
+) -> Option<Candidate<'static>> {
+    let mut envelope: Value = serde_json::from_slice(&body).ok()?;
+    if envelope.get("object").and_then(Value::as_str) == Some("v2.core.event") {
+        return None;
+    }
+    let data = envelope.pointer_mut("/data/object").map(Value::take)?;
+    let shape = classify(event_type, &data)?;
+    if shape.id != object_id || shape.stub {
+        return None;
+    }
+    let kind = shape.kind;
+    let prev = envelope
+        .pointer_mut("/data/previous_attributes")
+        .map(Value::take)
+        .filter(Value::is_object);
+    let account = envelope
+        .get("account")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let live = livemode(envelope.get("livemode").and_then(Value::as_bool), &data);
+    Some(Candidate {
+        event_id: Some(event_id.to_owned()),
+        seq,
+        kind,
+        rank: Rank::of(otype, event_type, kind, &data),
+        data: Cow::Owned(data),
+        text: Text::Body(body),
+        prev: prev.map(Cow::Owned),
+        account,
+        livemode: live,
+        source: "event".to_owned(),
+    })
+}

@@ -1,0 +1,107 @@
+//! What an event says about its object, before any state is compared: the projection's
+//! [`Input`], built from an envelope; how the event type relates to the object's life ([`Kind`]);
+//! and the object's id and type ([`Shape`], [`classify`]). Pure.
+
+use std::borrow::Cow;
+
+use serde_json::Value;
+
+use crate::event::envelope::Envelope;
+use crate::event::types::object_type_for_event;
+
+/// One new event, as the writer thread hands it over.
+pub struct Input<'a> {
+    pub event_id: &'a str,
+    /// For example `customer.subscription.updated`.
+    pub event_type: &'a str,
+    /// `event.created`, unix seconds.
+    pub created: i64,
+    /// Arrival order of this event in the events table (strictly increasing).
+    pub seq: i64,
+    pub account: Option<&'a str>,
+    pub livemode: Option<bool>,
+    /// `object == "v2.core.event"`: never projected.
+    pub thin: bool,
+    /// `event.data.object`, parsed.
+    pub object: Option<&'a Value>,
+    /// The exact JSON text of `event.data.object` (stored in `objects.data`); when `None`, the
+    /// parsed object is serialised again ([`data_object_raw`] finds it in a body).
+    pub object_raw: Option<&'a str>,
+    pub previous_attributes: Option<&'a Value>,
+}
+
+/// Builds the projection's input for an event: its envelope, its raw body and its arrival `seq`.
+pub fn input<'a>(env: &'a Envelope, body: &'a [u8], seq: i64) -> Input<'a> {
+    Input {
+        event_id: &env.id,
+        event_type: &env.event_type,
+        created: env.created,
+        seq,
+        account: env.account.as_deref(),
+        livemode: env.livemode,
+        thin: env.thin,
+        object: env.object.as_ref(),
+        object_raw: env.object_text(body),
+        previous_attributes: env.previous_attributes.as_ref(),
+    }
+}
+
+/// How an event type relates to its object's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Created,
+    Deleted,
+    Other,
+}
+
+impl Kind {
+    pub(super) fn of(event_type: &str) -> Kind {
+        if event_type.ends_with(".created") {
+            Kind::Created
+        } else if event_type.ends_with(".deleted") {
+            Kind::Deleted
+        } else {
+            Kind::Other
+        }
+    }
+}
+
+/// What an event says about its object, before any state is compared.
+pub(super) struct Shape<'v> {
+    pub(super) id: &'v str,
+    pub(super) otype: &'v str,
+    pub(super) kind: Kind,
+    /// `deleted: true`: a stub without state, accepted on delete events only.
+    pub(super) stub: bool,
+}
+
+pub(super) fn classify<'v>(event_type: &'v str, object: &'v Value) -> Option<Shape<'v>> {
+    let obj = object.as_object()?;
+    let id = obj.get("id")?.as_str().filter(|id| !id.is_empty())?;
+    let otype = match obj.get("object").and_then(Value::as_str) {
+        Some(t) => t,
+        None => object_type_for_event(event_type)?,
+    };
+    let kind = Kind::of(event_type);
+    let stub = obj.get("deleted").and_then(Value::as_bool) == Some(true);
+    if stub && kind != Kind::Deleted {
+        return None;
+    }
+    Some(Shape {
+        id,
+        otype,
+        kind,
+        stub,
+    })
+}
+
+pub(super) fn raw_text<'a>(input: &Input<'a>, object: &Value) -> Cow<'a, str> {
+    match input.object_raw {
+        Some(raw) => Cow::Borrowed(raw),
+        None => Cow::Owned(object.to_string()),
+    }
+}
+
+pub(super) fn livemode(event: Option<bool>, object: &Value) -> Option<bool> {
+    event.or_else(|| object.get("livemode").and_then(Value::as_bool))
+}
