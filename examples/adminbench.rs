@@ -28,7 +28,7 @@ use rusqlite::{params, Connection};
 use serde_json::{json, Value};
 
 use stripe_inbox::config::Config;
-use stripe_inbox::ingest::store::{store_event, Ingest, Source};
+use stripe_inbox::ingest::store::{store_event, Effects, Ingest, Source};
 use stripe_inbox::service::Service;
 use stripe_inbox::{event::envelope, event::testevent, store};
 
@@ -455,10 +455,10 @@ fn store(conn: &Connection, body: &[u8], arrive_ms: i64, deliveries: i64) {
         received_at_ms: arrive_ms,
         source: Source::Webhook,
     };
-    store_event(conn, &ingest).expect("store event");
+    store_event(conn, &ingest, &Effects::default()).expect("store event");
     for _ in 1..deliveries {
         ingest.received_at_ms += 60_000;
-        store_event(conn, &ingest).expect("count a delivery");
+        store_event(conn, &ingest, &Effects::default()).expect("count a delivery");
     }
 }
 

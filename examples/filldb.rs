@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use stripe_inbox::ingest::store::{store_event, Ingest, Source};
+use stripe_inbox::ingest::store::{store_event, Effects, Ingest, Source};
 use stripe_inbox::{event::envelope, event::testevent, store, time};
 
 const TYPES: [&str; 8] = [
@@ -194,7 +194,7 @@ fn fill(
                 received_at_ms: received_at,
                 source: Source::Webhook,
             };
-            store_event(&tx, &ingest)?;
+            store_event(&tx, &ingest, &Effects::default())?;
         }
         done = end;
         tx.commit().map_err(sql)?;

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::http::{Server, ServerConfig};
 use crate::ingest::endpoint::{Counters, Endpoint};
+use crate::ingest::store::Effects;
 use crate::ops::retention::Scheduler;
 use crate::store::writer::{Writer, WriterConfig};
 use crate::store::{self, Checkpointer, Lock};
@@ -71,6 +72,7 @@ impl Service {
             secrets,
             tolerance_secs: config.webhook.tolerance_secs as i64,
             writer: writer.handle(),
+            effects: Arc::new(Effects::default()),
             counters: counters.clone(),
         });
         let webhook_config = ServerConfig {

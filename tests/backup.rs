@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stripe_inbox::ingest::store::{store_event, Ingest, Source};
+use stripe_inbox::ingest::store::{store_event, Effects, Ingest, Source};
 use stripe_inbox::ops::retention::Scheduler;
 use stripe_inbox::{ops::export, store};
 
@@ -32,7 +32,7 @@ fn fill(database: &Path, n: usize) -> Vec<String> {
             received_at_ms: stripe_inbox::time::now_ms(),
             source: Source::Webhook,
         };
-        store_event(&tx, &ingest).unwrap();
+        store_event(&tx, &ingest, &Effects::default()).unwrap();
         ids.push(ingest.envelope.id);
     }
     tx.commit().unwrap();

@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::event::envelope;
 use crate::event::signature::{self, SignatureError};
 use crate::http::{Request, Response};
-use crate::ingest::store::{store_event, Ingest, Outcome, Source};
+use crate::ingest::store::{store_event, Effects, Ingest, Outcome, Source};
 use crate::store::writer::WriterHandle;
 use crate::time::now_ms;
 
@@ -39,6 +39,8 @@ pub struct Endpoint {
     pub secrets: Vec<String>,
     pub tolerance_secs: i64,
     pub writer: WriterHandle,
+    /// What else storing an event does (see [`Effects`]).
+    pub effects: Arc<Effects>,
     pub counters: Arc<Counters>,
 }
 
@@ -124,7 +126,11 @@ impl Endpoint {
             received_at_ms: now_ms,
             source: Source::Webhook,
         };
-        match self.writer.run(move |conn| store_event(conn, &ingest)) {
+        let effects = self.effects.clone();
+        match self
+            .writer
+            .run(move |conn| store_event(conn, &ingest, &effects))
+        {
             Ok(Outcome::Stored { .. }) => {
                 self.counters.stored.fetch_add(1, Ordering::Relaxed);
                 self.counters

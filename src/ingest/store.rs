@@ -44,6 +44,13 @@ pub struct Ingest {
     pub source: Source,
 }
 
+/// What storing a new event also does in the same transaction, beyond the mirror. `serve` sets it
+/// up once from the config and hands it to every store; `Effects::default()` does nothing more,
+/// which is what the bulk fills and most tests want. (Forwarding's deliveries and the Stripe
+/// client's refetches hang off this.)
+#[derive(Debug, Clone, Default)]
+pub struct Effects {}
+
 /// What storing an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -55,7 +62,7 @@ pub enum Outcome {
 
 /// Stores one event on `conn`, which must be inside a transaction (a writer closure, or a bulk
 /// fill holding the database lock). See the module doc for what it does.
-pub fn store_event(conn: &Connection, event: &Ingest) -> Result<Outcome> {
+pub fn store_event(conn: &Connection, event: &Ingest, _effects: &Effects) -> Result<Outcome> {
     let env = &event.envelope;
 
     // A known id is a repeated delivery: count it, change nothing else.
@@ -153,18 +160,18 @@ mod tests {
             ..first.clone()
         };
         assert_eq!(
-            store_event(&conn, &first).unwrap(),
+            store_event(&conn, &first, &Effects::default()).unwrap(),
             Outcome::Stored {
                 seq: 1,
                 decision: Decision::Applied
             }
         );
         assert_eq!(
-            store_event(&conn, &again).unwrap(),
+            store_event(&conn, &again, &Effects::default()).unwrap(),
             Outcome::Duplicate { deliveries: 2 }
         );
         assert!(matches!(
-            store_event(&conn, &ingest("invoice.paid", 3)).unwrap(),
+            store_event(&conn, &ingest("invoice.paid", 3), &Effects::default()).unwrap(),
             Outcome::Stored { seq: 2, .. }
         ));
         let (body, last, source): (Vec<u8>, i64, String) = conn
@@ -189,7 +196,7 @@ mod tests {
         .unwrap();
         let event = ingest("customer.created", 1);
         assert_eq!(
-            store_event(&conn, &event).unwrap(),
+            store_event(&conn, &event, &Effects::default()).unwrap(),
             Outcome::Stored {
                 seq: 1,
                 decision: Decision::ProjectionFailed

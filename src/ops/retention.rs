@@ -495,7 +495,7 @@ mod tests {
 
     use super::*;
     use crate::event::envelope;
-    use crate::ingest::store::{store_event, Ingest, Source};
+    use crate::ingest::store::{store_event, Effects, Ingest, Source};
     use crate::testkit::TempDir;
 
     /// A database in a fresh temp dir with `n` events of about 2,000 bytes (a row fits in a
@@ -526,8 +526,8 @@ mod tests {
                 received_at_ms: received,
                 source: Source::Webhook,
             };
-            store_event(&conn, &ingest).unwrap();
-            store_event(&conn, &ingest).unwrap();
+            store_event(&conn, &ingest, &Effects::default()).unwrap();
+            store_event(&conn, &ingest, &Effects::default()).unwrap();
         }
         (dir, path)
     }

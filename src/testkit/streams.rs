@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::Result;
 use crate::event::{envelope, testevent};
-use crate::ingest::store::{store_event, Ingest, Outcome, Source};
+use crate::ingest::store::{store_event, Effects, Ingest, Outcome, Source};
 use crate::mirror::{self, Decision};
 
 /// Base second of every stream (2025-10-09).
@@ -247,7 +247,7 @@ pub fn deliver(
         received_at_ms,
         source: Source::Webhook,
     };
-    Ok(match store_event(conn, &ingest)? {
+    Ok(match store_event(conn, &ingest, &Effects::default())? {
         Outcome::Stored { decision, .. } => Some(decision),
         Outcome::Duplicate { .. } => None,
     })

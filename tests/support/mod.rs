@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use stripe_inbox::config::Config;
-use stripe_inbox::ingest::store::{store_event, Ingest, Source};
+use stripe_inbox::ingest::store::{store_event, Effects, Ingest, Source};
 use stripe_inbox::service::Service;
 use stripe_inbox::{event::signature, event::testevent, store, time};
 
@@ -352,10 +352,10 @@ pub fn prefill(db: &Path, n: usize, customers: usize, hours: i64) {
             received_at_ms: at,
             source: Source::Webhook,
         };
-        store_event(&tx, &ingest).unwrap();
+        store_event(&tx, &ingest, &Effects::default()).unwrap();
         // One event in forty was delivered twice.
         if rand() % 40 == 0 {
-            store_event(&tx, &ingest).unwrap();
+            store_event(&tx, &ingest, &Effects::default()).unwrap();
         }
     }
     tx.commit().unwrap();
