@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A histogram with fixed upper bounds, recorded with relaxed atomic adds: one bucket add, one
 /// sum add and one count add per observation, no lock. Bucket counts are not cumulative here;
-/// [`render`] accumulates them.
+/// [`Histogram::render`] accumulates them.
 #[derive(Debug)]
 pub struct Histogram<const N: usize> {
     bounds: [u64; N],

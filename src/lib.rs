@@ -2,88 +2,103 @@
 //!
 //! One binary, one SQLite file, one writer. Stripe POSTs events; each is verified, stored durably
 //! exactly once, applied to a mirror of Stripe objects that converges under any delivery order, and
-//! answered 2xx only after COMMIT returned. This comment is the map of the code;
-//! `../shared/docs/design.md` is the design it follows. Keep both true when modules move.
+//! answered 2xx only after COMMIT returned. This comment is the map of the code: the flow, the code
+//! map in reading order, and the invariants. `docs/architecture.md` is the design it follows (who
+//! uses it, the tables, the projection rules in full, forwarding, the Stripe API). Keep both true
+//! when modules move.
 //!
 //! ## Bird's-eye flow
 //!
 //! ```text
-//! Stripe ─POST─▶ http::Server (one thread per connection, bounded, timeouts)
-//!                 └▶ webhook::Endpoint::handle
+//! Stripe ─POST─▶ http::Server (a thread per connection, bounded, timeouts)
+//!                 └▶ ingest::endpoint::Endpoint::handle
 //!                      1. route + method
-//!                      2. signature::verify   (every v1 × every secret, constant time, tolerance)
-//!                      3. envelope::parse     (id, type, created, account, object id/type, ...)
-//!                      4. WriterHandle::ingest ──▶ writer thread (the ONE read-write connection)
-//!                                                   group commit: take what is queued, one
-//!                                                   transaction; per event a savepoint: count a
-//!                                                   duplicate delivery, or project::apply to the
-//!                                                   mirror + INSERT with its decision;
+//!                      2. event::signature::verify (every v1 × every secret, constant time)
+//!                      3. event::envelope::parse  (id, type, created, account, object, ...)
+//!                      4. WriterHandle::run(store_event) ──▶ the writer thread (the ONE
+//!                                                   read-write connection): group commit, one
+//!                                                   transaction, a savepoint per closure;
+//!                                                   ingest::store::store_event counts a duplicate
+//!                                                   or projects (mirror::apply) and inserts;
 //!                                                   COMMIT (WAL, synchronous=FULL)
-//!                      5. 200 after COMMIT ◀──────── reply to every waiter
+//!                      5. 200 after COMMIT ◀──────── the closure's value comes back
 //!                         503 + Retry-After when the writer cannot take it
-//! admin listener ─▶ admin::Admin: auth (session or loopback), then a page ── reads through
-//!                   db::ReadPool (query_only); replay / rebuild go to the writer as a Task;
-//!                   /api/ ─▶ api::Api (/api/objects)
-//! db::Checkpointer: WAL checkpoints every 250 ms beside the writer (query_only connection)
-//! CLI replay --rebuild / object / check ─▶ replay (re-derive the mirror from events)
+//! admin listener ─▶ admin::router: public routes, access, then a page (admin::dashboard, events,
+//!                   objects) given admin::context::Admin; reads through store::ReadPool
+//!                   (query_only); replay / rebuild are writer closures; /api/ ─▶ admin::api
+//! store::Checkpointer: WAL checkpoints every 250 ms beside the writer (query_only connection)
+//! ops::retention::Scheduler: old bodies emptied daily, in small writer closures
+//! CLI (cli::run) ─▶ one file per subcommand; writes only under <db>.lock with a writer of its
+//!                   own (replay --rebuild, prune, restore, check's migration)
 //! ```
 //!
 //! ## Code map (in reading order)
 //!
+//! Leaves, used by everything above them:
 //! - `main.rs`: `fn main() -> ExitCode` around [`cli::run`]; prints `error:` and `try:`.
-//! - [`cli`]: argv → `run_serve`, `run_check`, `run_send_test_event`, each with its usage text.
-//! - [`config`]: [`config::Config`] from TOML (unknown keys are errors); secrets from the env var.
-//! - [`error`]: the one [`error::Error`] enum and [`error::Result`].
+//! - [`error`]: the one [`error::Error`] enum (a variant per case a caller tells apart) and
+//!   [`error::Result`].
+//! - [`config`]: [`config::Config`] from TOML (unknown keys are errors); secrets from env vars.
+//! - [`time`]: the clock, RFC 3339, the times and durations people type, UTC formatting.
+//! - [`format`](mod@format) (bytes, ages, thousands), [`crypto`] (constant-time compare, random bytes, hex),
+//!   [`histogram`] (lock-free, Prometheus text), [`periodic`] (a background loop that stops
+//!   promptly).
+//! - [`event`]: what a Stripe event is: [`event::envelope`], [`event::signature`] (verify and sign),
+//!   [`event::types`] (event type → object type, type patterns), [`event::testevent`].
+//! - [`http`]: the HTTP/1.1 core: [`http::Server`] (`server.rs`), one connection's life
+//!   (`connection.rs`), the wire format (`wire.rs`); [`http::Request`], [`http::Response`].
+//!
+//! Storage:
+//! - [`store`]: opening connections ([`store::open`], the only module allowed to), migrations from
+//!   `schema.sql` ([`store::migrate`](mod@store::migrate)), the `<db>.lock` ([`store::lock`]), the
+//!   [`store::Checkpointer`], and the writer thread ([`store::writer`]): group commit and
+//!   [`store::writer::WriterHandle::run`], which returns a closure's value after COMMIT.
+//!
+//! The mirror:
+//! - [`mirror`]: the projection rules (its module doc is the spec): [`mirror::apply`] for one
+//!   event, the [`mirror::Decision`] it records, same-second ties (`ties.rs`, over the candidates
+//!   of `candidate.rs`, ranked by `lifecycle.rs`), the SQL (`rows.rs`), [`mirror::replay`]
+//!   (re-derive one event, one object or everything; verify), and [`mirror::queries`], the reads
+//!   the admin, the API and the CLI share.
+//!
+//! What uses the mirror and the store:
+//! - [`ingest`]: [`ingest::endpoint`] (the webhook route) and [`ingest::store::store_event`], the
+//!   one function that stores an event.
+//! - [`admin`]: the admin listener (its module doc lists the pages).
+//! - [`ops`]: [`ops::backup`], [`ops::restore`] (sharing [`ops::copy`]), [`ops::retention`],
+//!   [`ops::export`]; each returns a report and never prints.
 //! - [`service`]: [`service::Service`] starts the parts in order and stops them without loss.
-//! - [`http`]: the HTTP/1.1 server core ([`http::Server`], [`http::Request`], [`http::Response`]).
-//! - [`webhook`]: [`webhook::Endpoint`], the webhook route: verify, parse, ingest, answer.
-//! - [`signature`]: Stripe-Signature parsing, verification and signing. Pure.
-//! - [`envelope`]: the event envelope parser ([`envelope::Envelope`]). Pure.
-//! - [`writer`]: the writer thread, [`writer::WriterHandle`], group commit, [`writer::Stats`];
-//!   [`writer::insert_event`] is the one statement that adds an `events` row (the benches share it).
-//! - [`db`]: opens every connection (writer, read pool, read-only, the checkpointer's, a backup's
-//!   copy target, a locked database for restore), migrations from `schema.sql`, the `<db>.lock`
-//!   file lock, integrity checks, and the [`db::Checkpointer`] (passive every 250 ms, RESTART once
-//!   the WAL is large and fully copied).
-//! - [`project`]: the projection rules: one event → `objects` ([`project::apply`], decisions,
-//!   ordering key, same-second tie-breaks). SQL through the writer's transaction, no other I/O.
-//! - [`project_streams`]: realistic lifecycle streams from Stripe's fixtures, the mirror dump, used
-//!   by the property tests and the integration tests.
-//! - [`replay`]: re-derive one event, one object or the whole mirror from `events`; verify it.
-//! - [`admin`]: the admin listener: routes, access, security headers, `/healthz`, `/metrics`,
-//!   `/api/` to [`api`]. Its pages: [`admin_dashboard`], [`admin_events`] (list, event, replay;
-//!   the search is [`event_search`]: index walks within a budget), [`admin_objects`] (browse,
-//!   search, object, rebuild); [`auth`] (password, sessions, CSRF, login rate limit); [`html`]
-//!   (escaping, frame, stylesheet, JSON viewer, SVG chart); [`form`] (query strings, forms,
-//!   cookies); [`metrics`] (Prometheus text, the writer's histograms).
-//! - [`api`]: the bearer-token read API over the mirror.
-//! - [`backup`]: `backup` (online backup API, one snapshot, no lock), the copying and checking it
-//!   shares with `restore`, and the mirror-consistency hook.
-//! - [`restore`]: `restore` (lock, checks, `<db>.tmp`, old file kept as `<db>.before-restore`).
-//! - [`retention`]: emptying old events' bodies through the writer in small windows; `prune`, and
-//!   the [`retention::Scheduler`] `serve` runs daily.
-//! - [`export`]: events as JSON Lines, read-only.
-//! - [`testevent`]: realistic events from Stripe's example objects (`src/fixtures/`).
-//! - [`time`]: now, RFC 3339 parsing, UTC formatting.
+//! - [`cli`]: argv → one subcommand file each, [`cli::options`] (the one parser),
+//!   [`cli::progress`] (the one progress bar).
+//! - `testkit` (tests and the `testkit` feature only, never in the release binary): the event
+//!   streams of the mirror's property tests, and a temp dir removed on drop.
+//!
+//! Dependencies point one way: cli → service → ingest / admin / ops → mirror → store → leaves.
 //!
 //! ## Invariants
 //!
-//! - Only the writer thread writes. `db.rs` is the only module allowed to call `Connection::open*`
-//!   (clippy `disallowed-methods`); readers are `query_only`; the checkpointer's connection is
-//!   `query_only` too (it copies committed WAL pages into the file, SQLite refuses that to a
-//!   read-only-opened connection); `serve` holds `<db>.lock` so a second server refuses to start.
-//!   A command writes only while it holds that lock (`replay --rebuild`, `check`'s migration and
-//!   mirror comparison, `restore`, `prune`); `backup` and `export` only read.
-//! - Pruned events keep their row with an empty `body`; a real body is never empty.
+//! - Only the writer thread writes while a server runs. `store::open` is the only module allowed
+//!   to call `Connection::open*` (clippy `disallowed-methods`); readers are `query_only`; the
+//!   checkpointer's connection is `query_only` too (it copies committed WAL pages into the file;
+//!   SQLite refuses that to a read-only-opened connection); `serve` holds `<db>.lock` so a second
+//!   server refuses to start. A command writes only while it holds that lock (`replay --rebuild`,
+//!   `check`'s migration and mirror comparison, `restore`, `prune`); `backup` and `export` only
+//!   read.
+//! - Every new event enters the database through [`ingest::store::store_event`]; retention's
+//!   re-insert of a pruned row (`ops::retention`) is the one other statement that adds an `events`
+//!   row, and it moves an existing row rather than storing an event.
 //! - A 2xx to Stripe means the event's transaction has committed with `synchronous=FULL`. Any
 //!   storage trouble answers 503 with `Retry-After`, never 2xx.
 //! - A rejected request (signature, body, method, path, size) writes nothing.
 //! - `events` is ground truth: the raw body bytes exactly as received, one row per event id;
-//!   repeated deliveries only increment `deliveries`.
+//!   repeated deliveries only increment `deliveries`. Pruned events keep their row with an empty
+//!   `body`; a real body is never empty.
 //! - `objects` is derived state: `replay --rebuild` re-creates it from `events`, and the projection
-//!   converges to the same mirror for any delivery order and duplicates (the property test). A
-//!   projection error never loses an event: it is stored with decision `projection_failed`.
-//! - `signature`, `envelope`, `time`, `html` and `form` are pure: no I/O, the clock is passed in.
+//!   converges to the same mirror for any delivery order and duplicates (the property test, which
+//!   goes through `store_event`). A projection error never loses an event: it is stored with
+//!   decision `projection_failed`.
+//! - `event`, `mirror`'s rules, `admin::html`, `admin::form`, `format` and `time` (but for
+//!   [`time::now_ms`]) are pure: no I/O, the clock is passed in.
 //! - The admin never writes except through the writer; every value it shows is HTML-escaped; every
 //!   POST it takes carries a CSRF token; without a password it answers only on loopback.
 //! - Schema changes are appended as numbered steps to `schema.sql`, never edited; a database from a

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use stripe_inbox::{event::signature, store, time};
+use stripe_inbox::store;
 
-use crate::support::{self, config_text, event, event_id, free_addr, TempDir, SECRET};
+use crate::support::{self, config_text, event, event_id, free_addr, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_stripe-inbox");
 
@@ -181,14 +181,7 @@ fn shutdown_under_load_loses_nothing_that_was_answered() {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let body = event("payment_intent.succeeded");
-                    let sig = signature::sign(&body, SECRET, time::now_ms() / 1000);
-                    let request = support::request(
-                        "POST",
-                        "/webhooks/stripe",
-                        &body,
-                        &[("Stripe-Signature", &sig)],
-                        true,
-                    );
+                    let request = support::signed_request(&body, true);
                     let Ok(mut stream) = TcpStream::connect(addr) else {
                         continue;
                     };
@@ -260,14 +253,7 @@ fn bursts_of_connections_are_all_answered_within_a_second() {
                 let barrier = barrier.clone();
                 std::thread::spawn(move || {
                     let body = event("charge.succeeded");
-                    let sig = signature::sign(&body, SECRET, time::now_ms() / 1000);
-                    let request = support::request(
-                        "POST",
-                        "/webhooks/stripe",
-                        &body,
-                        &[("Stripe-Signature", &sig)],
-                        false,
-                    );
+                    let request = support::signed_request(&body, false);
                     barrier.wait();
                     let sent = Instant::now();
                     let mut stream = TcpStream::connect(addr).unwrap();

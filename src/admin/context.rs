@@ -1,11 +1,14 @@
 //! What every admin page is given: the shared state of the admin listener ([`Admin`]) and the
 //! response helpers every page uses. Pages depend on this, never on the router.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::admin::api::Api;
-use crate::admin::auth::Auth;
+use crate::admin::auth::{Auth, Viewer};
+use crate::admin::html::{self, Frame};
 use crate::http::Response;
 use crate::ingest::endpoint::Counters;
 use crate::store::writer::WriterHandle;
@@ -42,4 +45,24 @@ pub fn redirect(location: &str) -> Response {
     Response::new(303)
         .with_header("Location", location)
         .with_header("Cache-Control", "no-store")
+}
+
+/// A whole admin page in the frame (navigation with `active` marked, the viewer's CSRF token for
+/// the logout form), sent with the headers every page gets.
+pub fn page(viewer: &Viewer, active: &'static str, title: &str, body: &str) -> Response {
+    let frame = Frame {
+        csrf: &viewer.csrf,
+        logged_in: viewer.logged_in,
+        active,
+    };
+    page_response(200, html::page(title, &frame, body))
+}
+
+/// The line at the foot of a list page that says how long it took to build.
+pub fn built_in(body: &mut String, started: Instant) {
+    let _ = write!(
+        body,
+        "<p class=\"muted\">Built in {:.1} ms.</p>",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
 }

@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::admin::auth::Viewer;
-use crate::admin::context::{page_response, Admin};
-use crate::admin::html::{self, esc, Bar, Frame};
+use crate::admin::context::{self, built_in, Admin};
+use crate::admin::html::{self, esc, Bar};
 use crate::error::{Error, Result};
 use crate::http::Response;
 use crate::mirror::{Decision, Outcome};
@@ -300,15 +300,6 @@ pub fn page(admin: &Admin, viewer: &Viewer) -> Result<Response> {
         html::thousands(page_count),
         page_size,
     );
-    let _ = write!(
-        body,
-        "<p class=\"muted\">Built in {:.1} ms.</p>",
-        started.elapsed().as_secs_f64() * 1000.0
-    );
-    let frame = Frame {
-        csrf: &viewer.csrf,
-        logged_in: viewer.logged_in,
-        active: "dashboard",
-    };
-    Ok(page_response(200, html::page("Dashboard", &frame, &body)))
+    built_in(&mut body, started);
+    Ok(context::page(viewer, "dashboard", "Dashboard", &body))
 }

@@ -23,6 +23,7 @@ use crate::admin::form::Form;
 use crate::admin::html::url_encode;
 use crate::error::{Error, Result};
 use crate::event::types;
+use crate::mirror::queries::{EventRow, EVENT_COLUMNS};
 use crate::mirror::Decision;
 use crate::time::{self, format_utc};
 
@@ -130,23 +131,10 @@ pub fn input_time(ms: i64) -> String {
     format_utc(ms.div_euclid(1000))[..16].replace(' ', "T")
 }
 
-/// One row of the list.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    pub seq: i64,
-    pub id: String,
-    pub event_type: String,
-    pub created: i64,
-    pub received_at: i64,
-    pub deliveries: i64,
-    pub object_id: Option<String>,
-    pub decision: Option<String>,
-}
-
 /// A page of results.
 #[derive(Debug, Clone, Default)]
 pub struct Found {
-    pub rows: Vec<Row>,
+    pub rows: Vec<EventRow>,
     /// The cursor (`before`) of the next page, when there may be more.
     pub next: Option<i64>,
     /// The walk stopped at its budget: the next page continues the search further back.
@@ -369,31 +357,19 @@ fn in_list(col: &str, values: &[Option<String>], params: &mut Vec<Value>) -> Str
 }
 
 /// The rows of these seqs, newest first.
-fn rows_by_seq(conn: &Connection, seqs: &[i64]) -> Result<Vec<Row>> {
+fn rows_by_seq(conn: &Connection, seqs: &[i64]) -> Result<Vec<EventRow>> {
     if seqs.is_empty() {
         return Ok(Vec::new());
     }
     let sql = format!(
-        "SELECT seq, id, type, created, received_at, deliveries, object_id, decision
-         FROM events WHERE seq IN ({}) ORDER BY seq DESC",
+        "SELECT {EVENT_COLUMNS} FROM events WHERE seq IN ({}) ORDER BY seq DESC",
         vec!["?"; seqs.len()].join(", ")
     );
     let mut stmt = conn
         .prepare(&sql)
         .map_err(|e| Error::sqlite("read events", e))?;
     let rows = stmt
-        .query_map(params_from_iter(seqs), |r| {
-            Ok(Row {
-                seq: r.get(0)?,
-                id: r.get(1)?,
-                event_type: r.get(2)?,
-                created: r.get(3)?,
-                received_at: r.get(4)?,
-                deliveries: r.get(5)?,
-                object_id: r.get(6)?,
-                decision: r.get(7)?,
-            })
-        })
+        .query_map(params_from_iter(seqs), EventRow::from_row)
         .map_err(|e| Error::sqlite("read events", e))?;
     rows.collect::<rusqlite::Result<_>>()
         .map_err(|e| Error::sqlite("read events", e))

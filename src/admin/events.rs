@@ -7,12 +7,13 @@ use std::fmt::Write as _;
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::admin::auth::Viewer;
-use crate::admin::context::{page_response, redirect, Admin};
-use crate::admin::event_search::{self, find, input_time, Filter, Row, SCAN_BUDGET};
+use crate::admin::context::{built_in, page, page_response, redirect, Admin};
+use crate::admin::event_search::{self, find, input_time, Filter, SCAN_BUDGET};
 use crate::admin::form::Form;
-use crate::admin::html::{self, esc, url_encode, Frame};
+use crate::admin::html::{self, esc, url_encode};
 use crate::error::{Error, Result};
 use crate::http::{Request, Response};
+use crate::mirror::queries::{EventRow, EVENT_COLUMNS};
 use crate::mirror::Decision;
 use crate::time::format_utc;
 
@@ -91,17 +92,9 @@ pub fn list(admin: &Admin, req: &Request, viewer: &Viewer) -> Result<Response> {
             found.next.unwrap_or(0)
         );
     }
-    let _ = write!(
-        body,
-        "</div><p class=\"muted\">Built in {:.1} ms.</p>",
-        started.elapsed().as_secs_f64() * 1000.0
-    );
-    let frame = Frame {
-        csrf: &viewer.csrf,
-        logged_in: viewer.logged_in,
-        active: "events",
-    };
-    Ok(page_response(200, html::page("Events", &frame, &body)))
+    body.push_str("</div>");
+    built_in(&mut body, started);
+    Ok(page(viewer, "events", "Events", &body))
 }
 
 fn filter_form(body: &mut String, filter: &Filter, types: &[String]) {
@@ -154,7 +147,7 @@ fn filter_form(body: &mut String, filter: &Filter, types: &[String]) {
 }
 
 /// The table of events (shared with the object page's timeline).
-pub fn events_table(body: &mut String, rows: &[Row], show_object: bool) {
+pub fn events_table(body: &mut String, rows: &[EventRow], show_object: bool) {
     body.push_str("<div class=\"scroll\"><table><thead><tr><th>Arrived (UTC)</th><th>Type</th>");
     if show_object {
         body.push_str("<th class=\"hide-s\">Object</th>");
@@ -205,7 +198,7 @@ pub fn events_table(body: &mut String, rows: &[Row], show_object: bool) {
 /// Everything the event page shows.
 #[derive(Debug, Clone)]
 pub struct Detail {
-    pub row: Row,
+    pub row: EventRow,
     pub livemode: Option<bool>,
     pub account: Option<String>,
     pub api_version: Option<String>,
@@ -222,23 +215,15 @@ pub struct Detail {
 /// Reads one event.
 pub fn detail(conn: &Connection, id: &str) -> Result<Option<Detail>> {
     conn.query_row(
-        "SELECT seq, id, type, created, received_at, deliveries, object_id, decision, livemode,
-                account, api_version, object_type, request_id, idempotency_key, last_received_at,
-                secret_index, source, thin, body
-         FROM events WHERE id = ?1",
+        &format!(
+            "SELECT {EVENT_COLUMNS}, livemode, account, api_version, object_type, request_id,
+                    idempotency_key, last_received_at, secret_index, source, thin, body
+             FROM events WHERE id = ?1"
+        ),
         [id],
         |r| {
             Ok(Detail {
-                row: Row {
-                    seq: r.get(0)?,
-                    id: r.get(1)?,
-                    event_type: r.get(2)?,
-                    created: r.get(3)?,
-                    received_at: r.get(4)?,
-                    deliveries: r.get(5)?,
-                    object_id: r.get(6)?,
-                    decision: r.get(7)?,
-                },
+                row: EventRow::from_row(r)?,
                 livemode: r.get(8)?,
                 account: r.get(9)?,
                 api_version: r.get(10)?,
@@ -267,7 +252,7 @@ pub fn show(admin: &Admin, req: &Request, viewer: &Viewer, id: &str) -> Result<R
         ));
     };
     let mirror = match &d.row.object_id {
-        Some(object) => crate::admin::objects::mirror_row(&conn, object)?,
+        Some(object) => crate::mirror::queries::object(&conn, object)?,
         None => None,
     };
     drop(conn);
@@ -418,12 +403,7 @@ pub fn show(admin: &Admin, req: &Request, viewer: &Viewer, id: &str) -> Result<R
         html::bytes(d.body.len() as u64),
         html::json_pretty(&text)
     );
-    let frame = Frame {
-        csrf: &viewer.csrf,
-        logged_in: viewer.logged_in,
-        active: "events",
-    };
-    Ok(page_response(200, html::page(&r.id, &frame, &body)))
+    Ok(page(viewer, "events", &r.id, &body))
 }
 
 /// `POST /events/{id}/replay` (CSRF already checked): re-applies the event through the writer.

@@ -1,5 +1,4 @@
-//! `/metrics` in the Prometheus text format, and the lock-free [`Histogram`] the writer records
-//! its commits in.
+//! `/metrics` in the Prometheus text format.
 //!
 //! Everything here reads counters that are already in memory (the webhook's [`Counters`], the
 //! writer's [`Stats`]) plus the database file sizes: a scrape never queries the database, so it

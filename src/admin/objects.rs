@@ -10,15 +10,16 @@
 use std::fmt::Write as _;
 
 use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use rusqlite::{params, params_from_iter, Connection};
 
 use crate::admin::auth::Viewer;
-use crate::admin::context::{page_response, redirect, Admin};
+use crate::admin::context::{built_in, page, page_response, redirect, Admin};
 use crate::admin::event_search::Budget;
 use crate::admin::form::Form;
-use crate::admin::html::{self, esc, url_encode, Frame};
+use crate::admin::html::{self, esc, url_encode};
 use crate::error::{Error, Result};
 use crate::http::{Request, Response};
+use crate::mirror::queries::{self, Order};
 use crate::time::format_utc;
 
 /// Rows per page.
@@ -27,37 +28,6 @@ pub const PAGE: usize = 50;
 pub const SCAN_BUDGET: Budget = crate::admin::event_search::SCAN_BUDGET;
 /// The most events the timeline of one object shows.
 pub const TIMELINE_LIMIT: usize = 500;
-
-/// The mirror's bookkeeping for one object (what the event page needs).
-#[derive(Debug, Clone, PartialEq)]
-pub struct MirrorRow {
-    pub id: String,
-    pub object_type: String,
-    pub event_id: Option<String>,
-    pub k_created: Option<i64>,
-    pub deleted: bool,
-    pub uncertain: bool,
-}
-
-/// The mirror's row for `id`, if the object is mirrored.
-pub fn mirror_row(conn: &Connection, id: &str) -> Result<Option<MirrorRow>> {
-    conn.query_row(
-        "SELECT id, type, event_id, k_created, deleted, uncertain FROM objects WHERE id = ?1",
-        [id],
-        |r| {
-            Ok(MirrorRow {
-                id: r.get(0)?,
-                object_type: r.get(1)?,
-                event_id: r.get(2)?,
-                k_created: r.get(3)?,
-                deleted: r.get(4)?,
-                uncertain: r.get(5)?,
-            })
-        },
-    )
-    .optional()
-    .map_err(|e| Error::sqlite("read mirrored object", e))
-}
 
 /// One row of the list.
 #[derive(Debug, Clone, PartialEq)]
@@ -331,7 +301,7 @@ pub fn list(admin: &Admin, req: &Request, viewer: &Viewer) -> Result<Response> {
     let conn = admin.pool.get()?;
     // An exact id goes straight to its page.
     if let Some(s) = &query.search {
-        if query.before.is_none() && mirror_row(&conn, s)?.is_some() {
+        if query.before.is_none() && queries::object(&conn, s)?.is_some() {
             return Ok(redirect(&format!("/objects/{}", url_encode(s))));
         }
     }
@@ -433,66 +403,18 @@ pub fn list(admin: &Admin, req: &Request, viewer: &Viewer) -> Result<Response> {
             html::thousands(found.scanned as i64)
         );
     }
-    let _ = write!(
-        body,
-        "</div><p class=\"muted\">Built in {:.1} ms.</p>",
-        started.elapsed().as_secs_f64() * 1000.0
-    );
-    let frame = Frame {
-        csrf: &viewer.csrf,
-        logged_in: viewer.logged_in,
-        active: "objects",
-    };
-    Ok(page_response(200, html::page("Objects", &frame, &body)))
-}
-
-/// Everything the object page shows.
-#[derive(Debug, Clone)]
-struct Full {
-    mirror: MirrorRow,
-    account: Option<String>,
-    livemode: Option<bool>,
-    data: String,
-    source: String,
-    deleted_at: Option<i64>,
-    first_seen: i64,
-    updated_at: i64,
+    body.push_str("</div>");
+    built_in(&mut body, started);
+    Ok(page(viewer, "objects", "Objects", &body))
 }
 
 /// `GET /objects/{id}`.
 pub fn show(admin: &Admin, req: &Request, viewer: &Viewer, id: &str) -> Result<Response> {
     let conn = admin.pool.get()?;
-    let full = conn
-        .query_row(
-            "SELECT id, type, event_id, k_created, deleted, uncertain, account, livemode, data,
-                    source, deleted_at, first_seen, updated_at
-             FROM objects WHERE id = ?1",
-            [id],
-            |r| {
-                Ok(Full {
-                    mirror: MirrorRow {
-                        id: r.get(0)?,
-                        object_type: r.get(1)?,
-                        event_id: r.get(2)?,
-                        k_created: r.get(3)?,
-                        deleted: r.get(4)?,
-                        uncertain: r.get(5)?,
-                    },
-                    account: r.get(6)?,
-                    livemode: r.get(7)?,
-                    data: r.get(8)?,
-                    source: r.get(9)?,
-                    deleted_at: r.get(10)?,
-                    first_seen: r.get(11)?,
-                    updated_at: r.get(12)?,
-                })
-            },
-        )
-        .optional()
-        .map_err(|e| Error::sqlite("read object", e))?;
-    let timeline = timeline(&conn, id)?;
+    let full = queries::object(&conn, id)?;
+    let timeline = queries::history(&conn, id, Order::NewestFirst, TIMELINE_LIMIT)?;
     let related = match &full {
-        Some(f) if f.mirror.object_type == "customer" => related(&conn, id)?,
+        Some(f) if f.object_type == "customer" => related(&conn, id)?,
         _ => Vec::new(),
     };
     drop(conn);
@@ -506,11 +428,6 @@ pub fn show(admin: &Admin, req: &Request, viewer: &Viewer, id: &str) -> Result<R
         ));
     }
     let form = Form::parse(&req.query);
-    let frame = Frame {
-        csrf: &viewer.csrf,
-        logged_in: viewer.logged_in,
-        active: "objects",
-    };
     let mut body = String::new();
     let _ = write!(body, "<h1>{}</h1>", esc(id));
     if form.get("done") == Some("rebuilt") {
@@ -537,19 +454,19 @@ pub fn show(admin: &Admin, req: &Request, viewer: &Viewer, id: &str) -> Result<R
             let _ = write!(
                 body,
                 "<p><strong>{}</strong> {}{}</p>",
-                esc(&f.mirror.object_type),
-                if f.mirror.deleted {
+                esc(&f.object_type),
+                if f.deleted {
                     "<span class=\"badge o-deleted\">deleted</span> "
                 } else {
                     ""
                 },
-                if f.mirror.uncertain {
+                if f.uncertain {
                     "<span class=\"badge flag\">uncertain</span>"
                 } else {
                     ""
                 }
             );
-            if f.mirror.uncertain {
+            if f.uncertain {
                 body.push_str("<p class=\"warn\">Two events about this object came in the same second with different data and nothing showed their order: the last arrival won. Compare with Stripe's dashboard.</p>");
             }
             body.push_str("<div class=\"panel\"><dl class=\"kv\">");
@@ -614,12 +531,12 @@ pub fn show(admin: &Admin, req: &Request, viewer: &Viewer, id: &str) -> Result<R
             }
             fact(
                 "state from",
-                match (&f.mirror.event_id, f.source.as_str()) {
+                match (&f.event_id, f.source.as_str()) {
                     (Some(e), _) => format!(
                         "<a href=\"/events/{}\">{}</a> (event time {})",
                         url_encode(e),
                         esc(e),
-                        f.mirror.k_created.map(format_utc).unwrap_or_default()
+                        f.k_created.map(format_utc).unwrap_or_default()
                     ),
                     (None, source) => format!("{} (no event)", esc(source)),
                 },
@@ -658,7 +575,7 @@ pub fn show(admin: &Admin, req: &Request, viewer: &Viewer, id: &str) -> Result<R
             url_encode(id)
         );
     }
-    let held = full.as_ref().and_then(|f| f.mirror.event_id.clone());
+    let held = full.as_ref().and_then(|f| f.event_id.clone());
     body.push_str("<div class=\"scroll\"><table><thead><tr><th>Event time (UTC)</th><th>Type</th><th>Decision</th><th class=\"hide-s\">Arrived</th><th class=\"hide-s\">Deliveries</th><th></th></tr></thead><tbody>");
     for e in &timeline {
         let holds = held.as_deref() == Some(e.id.as_str());
@@ -700,43 +617,7 @@ pub fn show(admin: &Admin, req: &Request, viewer: &Viewer, id: &str) -> Result<R
             html::json_pretty(&f.data)
         );
     }
-    Ok(page_response(200, html::page(id, &frame, &body)))
-}
-
-/// One event of an object's timeline.
-#[derive(Debug, Clone)]
-struct TimelineEvent {
-    id: String,
-    event_type: String,
-    created: i64,
-    received_at: i64,
-    deliveries: i64,
-    decision: Option<String>,
-}
-
-/// The events about an object, newest first (by event time, then arrival).
-fn timeline(conn: &Connection, id: &str) -> Result<Vec<TimelineEvent>> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT id, type, created, received_at, deliveries, decision
-             FROM events INDEXED BY events_object WHERE object_id = ?1
-             ORDER BY created DESC, seq DESC LIMIT {TIMELINE_LIMIT}"
-        ))
-        .map_err(|e| Error::sqlite("read timeline", e))?;
-    let rows = stmt
-        .query_map([id], |r| {
-            Ok(TimelineEvent {
-                id: r.get(0)?,
-                event_type: r.get(1)?,
-                created: r.get(2)?,
-                received_at: r.get(3)?,
-                deliveries: r.get(4)?,
-                decision: r.get(5)?,
-            })
-        })
-        .map_err(|e| Error::sqlite("read timeline", e))?;
-    rows.collect::<rusqlite::Result<_>>()
-        .map_err(|e| Error::sqlite("read timeline", e))
+    Ok(page(viewer, "objects", id, &body))
 }
 
 /// A customer's subscriptions, invoices, payments... through the `objects_customer` index.

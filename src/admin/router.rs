@@ -1,10 +1,10 @@
 //! The admin listener: routing, access control, the response headers every page gets, and the
 //! public endpoints (`/healthz`, `/metrics`, `/admin.css`, `/login`).
 //!
-//! The pages themselves live in `admin_dashboard`, `admin_events` and `admin_objects`; their HTML
-//! helpers in `html`; who may see them in `auth`. The admin only reads, through the `query_only`
-//! pool; its two actions (replay one event, rebuild one object) are writer tasks, like everything
-//! that writes.
+//! The pages themselves live in `dashboard`, `events` and `objects` and get the state they need
+//! from `context`; their HTML helpers are in `html`; who may see them is `auth`'s business. The
+//! admin only reads, through the `query_only` pool; its two actions (replay one event, rebuild one
+//! object) are writer closures, like everything that writes.
 //!
 //! # Routes
 //! | route | who |

@@ -1,5 +1,6 @@
 //! Rules 1-3 and 5 of the projection for one event: find the object an event carries, compare its
-//! second with the stored one, and write the winner; a tie in the same second goes to [`super::ties`].
+//! second with the stored one, and write the winner; a tie in the same second goes to
+//! `ties.rs`.
 //! Runs inside the writer's open transaction: it never opens a connection, never commits and does
 //! no other I/O.
 

@@ -65,9 +65,13 @@ pub fn object(conn: &Connection, id: &str) -> Result<Option<ObjectRow>> {
     .map_err(|e| Error::sqlite(format!("read object {id}"), e))
 }
 
-/// One stored event about an object.
+/// The columns of [`EventRow`], in the order [`EventRow::from_row`] reads them.
+pub const EVENT_COLUMNS: &str =
+    "seq, id, type, created, received_at, deliveries, object_id, decision";
+
+/// One stored event, as lists show it (without its body).
 #[derive(Debug, Clone, PartialEq)]
-pub struct EventAbout {
+pub struct EventRow {
     pub seq: i64,
     pub id: String,
     pub event_type: String,
@@ -76,8 +80,25 @@ pub struct EventAbout {
     /// Unix ms of the first delivery.
     pub received_at: i64,
     pub deliveries: i64,
+    pub object_id: Option<String>,
     /// As stored (`None`: not projected yet).
     pub decision: Option<String>,
+}
+
+impl EventRow {
+    /// Reads a row selected with [`EVENT_COLUMNS`] (and possibly more columns after them).
+    pub fn from_row(r: &Row) -> rusqlite::Result<EventRow> {
+        Ok(EventRow {
+            seq: r.get(0)?,
+            id: r.get(1)?,
+            event_type: r.get(2)?,
+            created: r.get(3)?,
+            received_at: r.get(4)?,
+            deliveries: r.get(5)?,
+            object_id: r.get(6)?,
+            decision: r.get(7)?,
+        })
+    }
 }
 
 /// Which end of an object's history to read.
@@ -95,14 +116,13 @@ pub fn history(
     object_id: &str,
     order: Order,
     limit: usize,
-) -> Result<Vec<EventAbout>> {
+) -> Result<Vec<EventRow>> {
     let dir = match order {
         Order::OldestFirst => "ASC",
         Order::NewestFirst => "DESC",
     };
     let sql = format!(
-        "SELECT seq, id, type, created, received_at, deliveries, decision
-         FROM events INDEXED BY events_object WHERE object_id = ?1
+        "SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_object WHERE object_id = ?1
          ORDER BY created {dir}, seq {dir} LIMIT ?2"
     );
     let what = || format!("read the events about {object_id}");
@@ -111,17 +131,7 @@ pub fn history(
         .map_err(|e| Error::sqlite(what(), e))?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = stmt
-        .query_map(rusqlite::params![object_id, limit], |r| {
-            Ok(EventAbout {
-                seq: r.get(0)?,
-                id: r.get(1)?,
-                event_type: r.get(2)?,
-                created: r.get(3)?,
-                received_at: r.get(4)?,
-                deliveries: r.get(5)?,
-                decision: r.get(6)?,
-            })
-        })
+        .query_map(rusqlite::params![object_id, limit], EventRow::from_row)
         .map_err(|e| Error::sqlite(what(), e))?;
     rows.collect::<rusqlite::Result<_>>()
         .map_err(|e| Error::sqlite(what(), e))

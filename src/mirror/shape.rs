@@ -25,7 +25,7 @@ pub struct Input<'a> {
     /// `event.data.object`, parsed.
     pub object: Option<&'a Value>,
     /// The exact JSON text of `event.data.object` (stored in `objects.data`); when `None`, the
-    /// parsed object is serialised again ([`data_object_raw`] finds it in a body).
+    /// parsed object is serialised again ([`super::data_object_raw`] finds it in a body).
     pub object_raw: Option<&'a str>,
     pub previous_attributes: Option<&'a Value>,
 }

@@ -60,7 +60,8 @@ pub struct BackupOptions {
 /// 2. Opens `database` read-only, takes no lock, and starts a read transaction: the copy is of
 ///    this snapshot, whatever the server commits meanwhile.
 /// 3. Copies it into `out.tmp` (a stale one is removed first) with SQLite's online backup API,
-///    [`STEP_PAGES`] at a time with [`STEP_PAUSE`] between steps, flushing every [`SYNC_EVERY`].
+///    [`STEP_PAGES`](super::copy::STEP_PAGES) at a time with [`STEP_PAUSE`] between steps,
+///    flushing every [`SYNC_EVERY`](super::copy::SYNC_EVERY).
 ///    Then ends the snapshot and, if `opts.checkpoint`, runs a passive checkpoint of the live
 ///    database (best effort: it only copies pages the server has committed, and a failure only
 ///    leaves that to the server).

@@ -1,7 +1,7 @@
 //! Storage: the SQLite file and everything that touches it directly.
 //!
 //! What it owns: opening connections ([`open`], the only module allowed to), the migration
-//! ledger ([`migrate`]), the `<db>.lock` file lock ([`lock`]), the WAL checkpointer beside the
+//! ledger ([`migrate`](mod@migrate)), the `<db>.lock` file lock ([`lock`]), the WAL checkpointer beside the
 //! writer ([`checkpoint`]) and the writer thread, the one read-write connection of a running server
 //! ([`writer`]). What it does not know: what an event, an object or a delivery is; the modules
 //! above hand the writer closures over a transaction.

@@ -141,7 +141,7 @@ pub fn set_autocheckpoint(conn: &Connection, frames: i64) -> Result<()> {
 
 /// Opens a connection that can run `PRAGMA wal_checkpoint` and nothing else that writes: opened
 /// read-write (SQLite refuses to checkpoint from a read-only-opened connection), then `query_only`.
-/// A checkpoint only copies pages the writer has already committed. Used by [`Checkpointer`], and
+/// A checkpoint only copies pages the writer has already committed. Used by [`super::Checkpointer`], and
 /// by `backup` to fold in, itself, the WAL that grew while it held its snapshot.
 pub fn open_checkpointer(path: &Path) -> Result<Connection> {
     let what = || format!("open checkpoint connection to {}", path.display());

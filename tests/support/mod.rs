@@ -238,6 +238,18 @@ pub fn request(
     bytes
 }
 
+/// A request that POSTs `body` to the webhook path, signed now with [`SECRET`].
+pub fn signed_request(body: &[u8], close: bool) -> Vec<u8> {
+    let sig = signature::sign(body, SECRET, time::now_ms() / 1000);
+    request(
+        "POST",
+        "/webhooks/stripe",
+        body,
+        &[("Stripe-Signature", &sig)],
+        close,
+    )
+}
+
 /// A realistic event body of `event_type` created now.
 pub fn event(event_type: &str) -> Vec<u8> {
     let event = testevent::build(event_type, time::now_ms() / 1000).unwrap();
