@@ -32,8 +32,8 @@ use std::time::{Duration, Instant, SystemTime};
 use stripe_inbox::{db, time};
 
 use crate::support::tools::{
-    self, deploy_doc, find_all, post_signed, run_inbox, stripe_signature, substitute, Browser,
-    Daemon, Inbox, Tool, PASSWORD,
+    self, deploy_doc, find_all, post_signed, stripe_signature, substitute, Browser, Daemon, Inbox,
+    Tool, PASSWORD,
 };
 use crate::support::{event, event_id, free_addr, TempDir};
 
@@ -43,6 +43,85 @@ const DOC_WEBHOOK: &str = "127.0.0.1:8080";
 const DOC_ADMIN: &str = "127.0.0.1:8081";
 const DOC_REPLICA: &str = "s3://my-shop-backups/stripe-inbox";
 const SHOP: &str = "shop.example.com";
+
+/// Commands of docs/deploy/ that the tests run as they are written there (as root, so without
+/// `runuser -u stripe-inbox --`), with the paths replaced by [`Machine::run_documented`].
+const LITESTREAM_RESTORE: &str = "sh -c 'set -a; . /etc/litestream.env; exec litestream restore \
+    -config /etc/litestream.yml -o /tmp/stripe-inbox-restored.db \
+    /var/lib/stripe-inbox/stripe-inbox.db'";
+const INBOX_RESTORE: &str = "runuser -u stripe-inbox -- stripe-inbox restore --config \
+    /etc/stripe-inbox/config.toml /tmp/stripe-inbox-restored.db";
+const INBOX_CHECK: &str = "runuser -u stripe-inbox -- sh -c 'set -a; . \
+    /etc/stripe-inbox/secrets.env; exec stripe-inbox check --config /etc/stripe-inbox/config.toml'";
+
+/// A stand-in for a server's file system in a temp dir: the documented paths of the config, the
+/// secrets (`secrets.env`, written as docs/deploy/README.md writes it), the database, Litestream's
+/// config and credentials, and a `bin` directory in front of `PATH` with `stripe-inbox` and
+/// `litestream` in it.
+struct Machine {
+    paths: Vec<(&'static str, String)>,
+    bin: PathBuf,
+    secrets: PathBuf,
+}
+
+impl Machine {
+    fn new(dir: &Path, config: &Path, db: &Path, litestream: Option<(&Path, &Path)>) -> Machine {
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::os::unix::fs::symlink(tools::BIN, bin.join("stripe-inbox")).unwrap();
+        let secrets = dir.join("secrets.env");
+        let text: String = tools::secrets_env()
+            .iter()
+            .filter(|(k, _)| *k != "RUST_LOG")
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect();
+        std::fs::write(&secrets, text).unwrap();
+        let show = |p: &Path| p.display().to_string();
+        let mut paths = vec![
+            ("/etc/stripe-inbox/config.toml", show(config)),
+            ("/etc/stripe-inbox/secrets.env", show(&secrets)),
+            (DOC_DB, show(db)),
+            (
+                "/tmp/stripe-inbox-restored.db",
+                show(&dir.join("stripe-inbox-restored.db")),
+            ),
+        ];
+        if let Some((litestream, yml)) = litestream {
+            std::os::unix::fs::symlink(litestream, bin.join("litestream")).unwrap();
+            let env = dir.join("litestream.env");
+            std::fs::write(&env, "LITESTREAM_ACCESS_KEY_ID=unused-by-file-replicas\n").unwrap();
+            paths.push(("/etc/litestream.yml", show(yml)));
+            paths.push(("/etc/litestream.env", show(&env)));
+        }
+        Machine {
+            paths,
+            bin,
+            secrets,
+        }
+    }
+
+    /// Runs `line`, which `doc` must contain word for word, with `sh -c`, the paths replaced.
+    fn run_documented(&self, doc: &str, line: &str) -> std::process::Output {
+        let text = deploy_doc(doc);
+        assert!(
+            text.contains(line),
+            "docs/deploy/{doc} no longer says: {line}"
+        );
+        let line = line.trim_start_matches("runuser -u stripe-inbox -- ");
+        let pairs: Vec<(&str, &str)> = self
+            .paths
+            .iter()
+            .filter(|(from, _)| line.contains(from))
+            .map(|(from, to)| (*from, to.as_str()))
+            .collect();
+        let line = substitute(doc, line, &pairs);
+        Command::new("sh")
+            .args(["-c", &line])
+            .env("PATH", format!("{}:/usr/bin:/bin", self.bin.display()))
+            .output()
+            .unwrap()
+    }
+}
 const ADMIN_HOST: &str = "admin.shop.example.com";
 
 /// docs/deploy/config.toml with its database at `db` and its listeners on `webhook` / `admin`.
@@ -195,9 +274,8 @@ fn replica_l0(replica: &Path) -> Vec<Ltx> {
     files
 }
 
-/// `litestream replicate` on docs/deploy/litestream.yml for `db` into `replica`, at debug level
-/// (so that its log says which syncs were full snapshots).
-fn start_litestream(litestream: &Path, dir: &Path, db: &Path, replica: &Path) -> Daemon {
+/// docs/deploy/litestream.yml for `db` and a `file://` replica in `replica`, written into `dir`.
+fn litestream_config(dir: &Path, db: &Path, replica: &Path) -> PathBuf {
     let yml = substitute(
         "litestream.yml",
         &deploy_doc("litestream.yml"),
@@ -208,9 +286,16 @@ fn start_litestream(litestream: &Path, dir: &Path, db: &Path, replica: &Path) ->
     );
     let config = dir.join("litestream.yml");
     std::fs::write(&config, yml).unwrap();
+    config
+}
+
+/// `litestream replicate -config CONFIG` at debug level (so that its log says which syncs were
+/// full snapshots), logging beside the config.
+fn start_litestream(litestream: &Path, config: &Path) -> Daemon {
     let mut cmd = Command::new(litestream);
     cmd.args(["replicate", "-log-level", "debug", "-config"])
-        .arg(&config);
+        .arg(config);
+    let dir = config.parent().unwrap();
     let log = dir.join(format!(
         "litestream-{}.log",
         std::fs::read_dir(dir).unwrap().count()
@@ -241,12 +326,15 @@ fn wait_replicated(replica: &Path, after_ms: i64, what: &str) {
     std::thread::sleep(Duration::from_millis(2500));
 }
 
-/// `litestream restore` of `replica` into `out`, as docs/deploy/litestream.md does it.
-fn litestream_restore(litestream: &Path, replica: &Path, out: &Path) {
+/// `litestream restore -config CONFIG -o OUT DB`, as docs/deploy/litestream.md does it on a new
+/// machine: the database the config names, from its replica, into `out`.
+fn litestream_restore(litestream: &Path, config: &Path, db: &Path, out: &Path) {
     let output = Command::new(litestream)
-        .args(["restore", "-o"])
+        .args(["restore", "-config"])
+        .arg(config)
+        .arg("-o")
         .arg(out)
-        .arg(format!("file://{}", replica.display()))
+        .arg(db)
         .output()
         .unwrap();
     assert!(
@@ -288,7 +376,8 @@ fn litestream_round_trip_keeps_every_event_answered_before_its_last_sync() {
     let old = TempDir::new("ls-old");
     let replica = old.path().join("replica");
     let mut inbox = start_production(old.path(), |c| c);
-    let mut ls = start_litestream(&litestream, old.path(), &inbox.db, &replica);
+    let ls_config = litestream_config(old.path(), &inbox.db, &replica);
+    let mut ls = start_litestream(&litestream, &ls_config);
 
     // Load for a while, then lose the machine: both die at the same moment.
     let load = Load::start(&inbox.webhook, 4);
@@ -311,29 +400,30 @@ fn litestream_round_trip_keeps_every_event_answered_before_its_last_sync() {
 
     // A new machine: restore as documented, then let stripe-inbox check the file and put it
     // in place.
+    // A new machine: the commands of docs/deploy/litestream.md ("Getting it back"), with its
+    // config, secrets and Litestream config in place.
     let new = TempDir::new("ls-new");
-    let restored = new.path().join("restored.db");
-    litestream_restore(&litestream, &replica, &restored);
     let db2 = new.path().join("stripe-inbox.db");
+    let ls_config2 = litestream_config(new.path(), &db2, &replica);
     let (webhook2, admin2) = (free_addr(), free_addr());
     let config2 = new.path().join("config.toml");
     std::fs::write(&config2, production_config(&db2, &webhook2, &admin2)).unwrap();
-    let out = run_inbox(&["restore", restored.to_str().unwrap()], &config2);
-    assert!(
-        out.status.success(),
-        "{}",
-        crate::support::process::text(&out)
-    );
-    let out = run_inbox(&["check"], &config2);
+    let machine = Machine::new(new.path(), &config2, &db2, Some((&litestream, &ls_config2)));
+    let restored = new.path().join("stripe-inbox-restored.db");
+    for line in [LITESTREAM_RESTORE, INBOX_RESTORE, INBOX_CHECK] {
+        let out = machine.run_documented("litestream.md", line);
+        assert!(
+            out.status.success(),
+            "{line}\n{}",
+            crate::support::process::text(&out)
+        );
+    }
+    assert!(restored.exists());
+    let out = machine.run_documented("litestream.md", INBOX_CHECK);
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        crate::support::process::text(&out)
-    );
     assert!(printed.contains("integrity: ok"), "{printed}");
     assert!(
-        printed.contains("the same as a rebuild from the events"),
+        printed.contains("the same as a rebuild from the events") && printed.contains("all good"),
         "{printed}"
     );
 
@@ -372,7 +462,7 @@ fn litestream_round_trip_keeps_every_event_answered_before_its_last_sync() {
         &admin2,
         &db2,
     );
-    let mut ls2 = start_litestream(&litestream, new.path(), &db2, &replica);
+    let mut ls2 = start_litestream(&litestream, &ls_config2);
     let later = post_events(&inbox2.webhook, 20);
     wait_replicated(
         &replica,
@@ -383,7 +473,7 @@ fn litestream_round_trip_keeps_every_event_answered_before_its_last_sync() {
     inbox2.daemon.kill();
     let third = TempDir::new("ls-third");
     let restored3 = third.path().join("restored.db");
-    litestream_restore(&litestream, &replica, &restored3);
+    litestream_restore(&litestream, &ls_config2, &db2, &restored3);
     let ids3 = stored_ids(&restored3);
     for (id, _) in &later {
         assert!(ids3.contains_key(id), "{id} from the new machine");
@@ -430,7 +520,8 @@ fn litestream_needs_no_new_snapshot_with_our_checkpointer_off() {
                 &format!("checkpoint_interval_ms = {interval}"),
             )
         });
-        let mut ls = start_litestream(&litestream, dir.path(), &inbox.db, &replica);
+        let config = litestream_config(dir.path(), &inbox.db, &replica);
+        let mut ls = start_litestream(&litestream, &config);
         // A burst that grows the WAL past the point where our checkpointer tries a RESTART
         // (8,192 frames), then a shop's trickle, during which it would.
         let load = Load::start(&inbox.webhook, 4);
@@ -515,6 +606,11 @@ impl Stack {
         let inbox = start_production(dir.path(), |c| c);
         let (cert, key) = tools::self_signed(&openssl, dir.path(), &[SHOP, ADMIN_HOST]);
         let (http, https) = (free_addr(), free_addr());
+        // certbot's webroot, with a challenge in it.
+        let www = dir.path().join("www");
+        let challenge = www.join(".well-known/acme-challenge");
+        std::fs::create_dir_all(&challenge).unwrap();
+        std::fs::write(challenge.join("token-1"), "token-1.key").unwrap();
         let conf = substitute(
             "nginx.conf",
             &deploy_doc("nginx.conf"),
@@ -534,6 +630,7 @@ impl Stack {
                     "/etc/letsencrypt/live/shop.example.com/privkey.pem",
                     &key.display().to_string(),
                 ),
+                ("root /var/www/html;", &format!("root {};", www.display())),
                 (
                     "server 127.0.0.1:8080;",
                     &format!("server {};", inbox.webhook),
@@ -775,6 +872,14 @@ fn nginx_passes_signed_events_byte_exact() {
     };
     webhook_through_proxy(&mut stack);
     stack.redirects_http();
+    // certbot's renewals get their challenge on plain http, not a redirect.
+    let url = format!(
+        "http://{SHOP}:{}/.well-known/acme-challenge/token-1",
+        stack.http
+    );
+    let resolve = format!("{SHOP}:{}:127.0.0.1", stack.http);
+    let reply = stack.browser.fetch(&url, &["--resolve", &resolve]);
+    assert_eq!((reply.status, reply.text().as_str()), (200, "token-1.key"));
     let log = std::fs::read_to_string(stack.dir.path().join("nginx-access.log")).unwrap();
     assert!(
         log.contains("POST /webhooks/stripe HTTP/1.1\" 200"),
@@ -989,6 +1094,8 @@ fn systemd_exec_start_stops_on_kill_signal_within_timeout_losing_nothing() {
     let (webhook, admin) = (free_addr(), free_addr());
     let config = dir.path().join("config.toml");
     std::fs::write(&config, production_config(&db, &webhook, &admin)).unwrap();
+    let machine = Machine::new(dir.path(), &config, &db, None);
+    assert_eq!(settings["EnvironmentFile"], "/etc/stripe-inbox/secrets.env");
     let exec = substitute(
         "stripe-inbox.service",
         &settings["ExecStart"],
@@ -1005,10 +1112,10 @@ fn systemd_exec_start_stops_on_kill_signal_within_timeout_losing_nothing() {
     if let Some((k, v)) = settings.get("Environment").and_then(|e| e.split_once('=')) {
         cmd.env(k, v);
     }
-    for (k, v) in tools::secrets_env() {
-        if k != "RUST_LOG" {
-            cmd.env(k, v);
-        }
+    // The EnvironmentFile, read as systemd reads it: KEY=VALUE lines.
+    for line in std::fs::read_to_string(&machine.secrets).unwrap().lines() {
+        let (k, v) = line.split_once('=').unwrap();
+        cmd.env(k, v);
     }
     let mut server = Daemon::spawn("ExecStart", cmd, &dir.path().join("exec.log"));
     server.wait_listening(&webhook);
@@ -1046,9 +1153,10 @@ fn systemd_exec_start_stops_on_kill_signal_within_timeout_losing_nothing() {
         "{lost} of {} answered events are not stored",
         answered.len()
     );
-    let out = run_inbox(&["check"], &config);
+    // The check of docs/deploy/README.md, with the same secrets file.
+    let out = machine.run_documented("README.md", INBOX_CHECK);
     assert!(
-        out.status.success(),
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("all good"),
         "{}",
         crate::support::process::text(&out)
     );
