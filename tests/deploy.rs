@@ -588,6 +588,22 @@ fn litestream_needs_no_new_snapshot_with_our_checkpointer_off() {
     );
 }
 
+/// The production config, or (`password` false) the same with the admin password's variable
+/// empty, as on a machine where no one has set it.
+fn without_password(config: String, password: bool) -> String {
+    if password {
+        return config;
+    }
+    substitute(
+        "config.toml",
+        &config,
+        &[(
+            "password_env = \"STRIPE_INBOX_ADMIN_PASSWORD\"",
+            "password_env = \"STRIPE_INBOX_TEST_UNSET_PASSWORD\"",
+        )],
+    )
+}
+
 /// `serve` on the production config, a proxy in front, and curl as the browser.
 struct Stack {
     dir: TempDir,
@@ -599,11 +615,11 @@ struct Stack {
 }
 
 impl Stack {
-    fn nginx(test: &str) -> Option<Stack> {
+    fn nginx(test: &str, password: bool) -> Option<Stack> {
         let [nginx, curl, openssl] =
             find_all(test, [Tool::nginx(), Tool::curl(), Tool::openssl()])?;
         let dir = TempDir::new("nginx");
-        let inbox = start_production(dir.path(), |c| c);
+        let inbox = start_production(dir.path(), |c| without_password(c, password));
         let (cert, key) = tools::self_signed(&openssl, dir.path(), &[SHOP, ADMIN_HOST]);
         let (http, https) = (free_addr(), free_addr());
         // certbot's webroot, with a challenge in it.
@@ -658,10 +674,10 @@ impl Stack {
         })
     }
 
-    fn caddy(test: &str) -> Option<Stack> {
+    fn caddy(test: &str, password: bool) -> Option<Stack> {
         let [caddy, curl] = find_all(test, [Tool::caddy(), Tool::curl()])?;
         let dir = TempDir::new("caddy");
-        let inbox = start_production(dir.path(), |c| c);
+        let inbox = start_production(dir.path(), |c| without_password(c, password));
         let file = substitute(
             "Caddyfile",
             &deploy_doc("Caddyfile"),
@@ -851,8 +867,35 @@ fn admin_through_proxy(stack: &mut Stack) {
     );
     assert_eq!(out.status, 303);
     assert_eq!(b.https(ADMIN_HOST, "/", &[]).status, 303);
+    loopback_only_endpoints_stay_on_loopback(stack);
     // The admin listener answered through the proxy, and logged the login.
     assert!(stack.inbox.log().contains("login"), "{}", stack.inbox.log());
+}
+
+/// Without a password, the admin site of the proxy is harmless: stripe-inbox answers no page
+/// that came through a proxy (403), and `/healthz` and `/metrics`, which need no login, are not
+/// passed on at all.
+fn admin_without_password_through_proxy(stack: &mut Stack) {
+    for path in ["/", "/events", "/objects"] {
+        let reply = stack.browser.https(ADMIN_HOST, path, &[]);
+        assert_eq!(reply.status, 403, "{path}: {reply:?}");
+        assert!(
+            reply.text().contains("does not answer through a proxy"),
+            "{}",
+            reply.text()
+        );
+    }
+    loopback_only_endpoints_stay_on_loopback(stack);
+}
+
+/// `/healthz` and `/metrics` get a 404 from the proxy, and never reach stripe-inbox.
+fn loopback_only_endpoints_stay_on_loopback(stack: &mut Stack) {
+    let before = stack.inbox.log().matches("admin GET").count();
+    for path in ["/healthz", "/metrics", "/metrics?x=1"] {
+        let reply = stack.browser.https(ADMIN_HOST, path, &[]);
+        assert_eq!(reply.status, 404, "{path}: {reply:?}");
+    }
+    assert_eq!(stack.inbox.log().matches("admin GET").count(), before);
 }
 
 /// The CSRF token in a page's forms.
@@ -867,7 +910,7 @@ fn csrf(html: &str) -> String {
 
 #[test]
 fn nginx_passes_signed_events_byte_exact() {
-    let Some(mut stack) = Stack::nginx("nginx_passes_signed_events_byte_exact") else {
+    let Some(mut stack) = Stack::nginx("nginx_passes_signed_events_byte_exact", true) else {
         return;
     };
     webhook_through_proxy(&mut stack);
@@ -889,7 +932,7 @@ fn nginx_passes_signed_events_byte_exact() {
 
 #[test]
 fn nginx_refuses_a_2mb_body_with_413_itself() {
-    let Some(mut stack) = Stack::nginx("nginx_refuses_a_2mb_body_with_413_itself") else {
+    let Some(mut stack) = Stack::nginx("nginx_refuses_a_2mb_body_with_413_itself", true) else {
         return;
     };
     assert!(
@@ -900,15 +943,32 @@ fn nginx_refuses_a_2mb_body_with_413_itself() {
 
 #[test]
 fn nginx_admin_login_with_password_and_secure_cookie() {
-    let Some(mut stack) = Stack::nginx("nginx_admin_login_with_password_and_secure_cookie") else {
+    let Some(mut stack) = Stack::nginx("nginx_admin_login_with_password_and_secure_cookie", true)
+    else {
         return;
     };
     admin_through_proxy(&mut stack);
 }
 
 #[test]
+fn nginx_admin_without_password_is_refused() {
+    let Some(mut stack) = Stack::nginx("nginx_admin_without_password_is_refused", false) else {
+        return;
+    };
+    admin_without_password_through_proxy(&mut stack);
+}
+
+#[test]
+fn caddy_admin_without_password_is_refused() {
+    let Some(mut stack) = Stack::caddy("caddy_admin_without_password_is_refused", false) else {
+        return;
+    };
+    admin_without_password_through_proxy(&mut stack);
+}
+
+#[test]
 fn caddy_passes_signed_events_byte_exact() {
-    let Some(mut stack) = Stack::caddy("caddy_passes_signed_events_byte_exact") else {
+    let Some(mut stack) = Stack::caddy("caddy_passes_signed_events_byte_exact", true) else {
         return;
     };
     webhook_through_proxy(&mut stack);
@@ -917,7 +977,7 @@ fn caddy_passes_signed_events_byte_exact() {
 
 #[test]
 fn caddy_refuses_a_2mb_body_with_413_itself() {
-    let Some(mut stack) = Stack::caddy("caddy_refuses_a_2mb_body_with_413_itself") else {
+    let Some(mut stack) = Stack::caddy("caddy_refuses_a_2mb_body_with_413_itself", true) else {
         return;
     };
     assert!(
@@ -928,7 +988,8 @@ fn caddy_refuses_a_2mb_body_with_413_itself() {
 
 #[test]
 fn caddy_admin_login_with_password_and_secure_cookie() {
-    let Some(mut stack) = Stack::caddy("caddy_admin_login_with_password_and_secure_cookie") else {
+    let Some(mut stack) = Stack::caddy("caddy_admin_login_with_password_and_secure_cookie", true)
+    else {
         return;
     };
     admin_through_proxy(&mut stack);
