@@ -4,15 +4,21 @@
 //! made, and fails the test if the documented text is no longer there):
 //!
 //! - `config.toml`: the database path `/var/lib/stripe-inbox/stripe-inbox.db` and the listeners
-//!   `127.0.0.1:8080` / `127.0.0.1:8081` become a temp file and free loopback ports;
+//!   `127.0.0.1:8080` / `127.0.0.1:8081` become a temp file and free loopback ports (two tests
+//!   change one value more, and say so: `checkpoint_interval_ms` for a comparison run, and
+//!   `password_env` to a variable no one sets, for the admin without a password);
 //! - `litestream.yml`: the same database path, and the replica `s3://my-shop-backups/stripe-inbox`
 //!   becomes a `file://` directory in the temp dir;
 //! - `nginx.conf`: `listen 80` / `listen 443` become free loopback ports (the `[::]` lines go: the
 //!   test host may have no IPv6), the certificate paths a self-signed certificate for both names,
-//!   and the upstreams the ports of `serve`;
+//!   certbot's webroot `/var/www/html` a temp dir, and the upstreams the ports of `serve`;
 //! - `Caddyfile`: the upstreams become the ports of `serve`; a global options block put in front
 //!   moves Caddy to free loopback ports and has it issue the certificates from its own local CA;
-//! - the units: the binary path in `ExecStart` becomes the built one.
+//! - the units: the binary path in `ExecStart` becomes the built one;
+//! - the commands of README.md and litestream.md that the tests run word for word (restore,
+//!   check): the paths under `/etc`, `/var/lib` and `/tmp` become temp files, `runuser -u
+//!   stripe-inbox --` is left out (the tests run as whoever runs them), and `stripe-inbox` and
+//!   `litestream` are found through `PATH`.
 //!
 //! The proxies are reached over real TLS with curl, as a browser would: it resolves
 //! `shop.example.com` and `admin.shop.example.com` to 127.0.0.1 and trusts only the test's CA, and
