@@ -1038,7 +1038,7 @@ fn systemd_units_verify_cleanly_with_their_hardening() {
     // The binaries the units name: the built one, and Litestream if it is installed (verify only
     // needs an executable there).
     let litestream = Tool::litestream()
-        .find(test)
+        .locate()
         .unwrap_or_else(|| PathBuf::from(tools::BIN));
     let units = [
         (

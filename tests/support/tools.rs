@@ -115,7 +115,8 @@ impl Tool {
         found
     }
 
-    fn locate(&self) -> Option<PathBuf> {
+    /// The tool's path, if it is installed (nothing printed).
+    pub fn locate(&self) -> Option<PathBuf> {
         if let Some(p) = std::env::var_os(self.env_var).filter(|p| !p.is_empty()) {
             return Some(PathBuf::from(p)).filter(|p| p.is_file());
         }
