@@ -7,5 +7,6 @@ mod backup;
 mod browser;
 mod cli;
 mod crash;
+mod deploy;
 mod mirror;
 mod webhook;
