@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use stripe_inbox::{db, time};
+use stripe_inbox::{store, time};
 
 use crate::support::tools::{
     self, deploy_doc, find_all, post_signed, stripe_signature, substitute, Browser, Daemon, Inbox,
@@ -352,7 +352,7 @@ fn litestream_restore(litestream: &Path, config: &Path, db: &Path, out: &Path) {
 
 /// The ids of the events in a database.
 fn stored_ids(db: &Path) -> HashMap<String, i64> {
-    let conn = db::open_read_only(db).unwrap();
+    let conn = store::open_read_only(db).unwrap();
     let mut stmt = conn.prepare("SELECT id, seq FROM events").unwrap();
     let rows = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -756,7 +756,7 @@ fn webhook_through_proxy(stack: &mut Stack) {
         "{}",
         reply.text()
     );
-    let conn = db::open_read_only(&stack.inbox.db).unwrap();
+    let conn = store::open_read_only(&stack.inbox.db).unwrap();
     let stored: Vec<u8> = conn
         .query_row(
             "SELECT body FROM events WHERE id = ?1",

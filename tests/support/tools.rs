@@ -29,7 +29,7 @@ pub fn stripe_signature(body: &[u8]) -> String {
 
 /// Stripe's `Stripe-Signature` scheme: `t=<timestamp>,v1=<HMAC-SHA256 of "t.body">`.
 pub fn sign(body: &[u8], secret: &str, timestamp: i64) -> String {
-    stripe_inbox::signature::sign(body, secret, timestamp)
+    stripe_inbox::event::signature::sign(body, secret, timestamp)
 }
 
 /// A tool the tests need, found through `env_var` (a path), then `PATH`, then `extra` paths.
