@@ -281,3 +281,48 @@ fn bursts_of_connections_are_all_answered_within_a_second() {
     }
     assert_eq!(support::event_count(&served.db), 5 * 64);
 }
+
+/// `check` warns (and still exits 0) about what is unsafe in production: here a database on
+/// tmpfs, and no backups until `stripe-inbox backup` has run.
+#[test]
+fn check_warns_about_a_database_on_tmpfs_and_about_no_backups() {
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        TempDir::new_in(shm, "check-tmpfs")
+    } else {
+        eprintln!("skip: no /dev/shm (tmpfs) here; only the no-backups warning is checked");
+        TempDir::new("check-tmpfs")
+    };
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        config_text(dir.path(), "127.0.0.1:0", "127.0.0.1:0", ""),
+    )
+    .unwrap();
+    let out = run(&["check"], Some(&config));
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "warnings do not fail check: {printed}"
+    );
+    assert!(printed.contains("all good"), "{printed}");
+    if shm.is_dir() {
+        assert!(
+            printed.contains("warning: database") && printed.contains("tmpfs"),
+            "{printed}"
+        );
+    }
+    assert!(printed.contains("warning: no backups"), "{printed}");
+
+    let backup = run(
+        &["backup", dir.path().join("copy.db").to_str().unwrap()],
+        Some(&config),
+    );
+    assert_eq!(backup.status.code(), Some(0), "{}", stderr(&backup));
+    let printed = String::from_utf8_lossy(&run(&["check"], Some(&config)).stdout).to_string();
+    assert!(
+        !printed.contains("warning: no backups"),
+        "a backup just ran: {printed}"
+    );
+}

@@ -3,6 +3,7 @@
 use super::options;
 use crate::error::{Error, Result};
 use crate::mirror::{queries, replay};
+use crate::ops::audit;
 use crate::store::{self, Lock};
 use crate::{format, time};
 
@@ -12,7 +13,9 @@ usage: stripe-inbox check [--config PATH]
 Validates the config (keys, addresses, that a signing secret is set, without printing it), then
 opens the database, applies pending migrations, runs PRAGMA integrity_check and prints what it
 found. While a server holds the database it checks read-only and migrates nothing.
-Exits 1 when anything is wrong.
+Exits 1 when anything is wrong. Also warns (without failing) about what is unsafe in production:
+a public admin without cookie_secure, a database on tmpfs, a public webhook at the default path,
+no backups (no Litestream, no `backup` in two days).
 ";
 
 pub fn run(parser: lexopt::Parser) -> Result<()> {
@@ -143,6 +146,10 @@ pub fn run(parser: lexopt::Parser) -> Result<()> {
             );
         }
         None => println!("  mirror: not compared with a rebuild while a server holds the database"),
+    }
+    // Production hazards: reported, but not problems.
+    for warning in audit::warnings(&config) {
+        println!("warning: {warning}");
     }
     if problems.is_empty() {
         println!("all good");

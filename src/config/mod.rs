@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 pub const DEFAULT_PATH: &str = "stripe-inbox.toml";
 /// The environment variable that may name the config file.
 pub const PATH_ENV: &str = "STRIPE_INBOX_CONFIG";
+/// The webhook path when `[webhook] path` is not set.
+pub const DEFAULT_WEBHOOK_PATH: &str = "/webhooks/stripe";
 
 /// The whole configuration, after loading and resolving relative paths.
 #[derive(Debug, Clone, Deserialize)]
@@ -149,7 +151,7 @@ impl Default for Webhook {
     fn default() -> Webhook {
         Webhook {
             listen: "127.0.0.1:8080".into(),
-            path: "/webhooks/stripe".into(),
+            path: DEFAULT_WEBHOOK_PATH.into(),
             secrets: Vec::new(),
             secrets_env: "STRIPE_WEBHOOK_SECRET".into(),
             tolerance_secs: 300,

@@ -67,7 +67,8 @@ pub struct BackupOptions {
 ///    leaves that to the server).
 /// 4. Makes the copy one self-contained file, runs `PRAGMA integrity_check` on it and reads its
 ///    schema version and event count (and asks [`mirror_problems`](crate::mirror::queries::mirror_problems)).
-/// 5. fsyncs it, renames it to `out` and fsyncs the directory.
+/// 5. fsyncs it, renames it to `out` and fsyncs the directory, and records the backup in
+///    `<db>.last-backup` (for `check`'s "no backups" warning).
 ///
 /// A failure in steps 2 to 5 removes `out.tmp`; `out` is never left half-written, and the live
 /// database is only ever read.
@@ -137,6 +138,7 @@ pub fn backup(
         fs::rename(&tmp, out)
             .map_err(|e| Error::io(format!("rename {} to {}", tmp.display(), out.display()), e))?;
         sync_dir(out)?;
+        super::audit::record_backup(database, out);
         Ok(BackupReport {
             path: out.to_path_buf(),
             bytes: facts.bytes,

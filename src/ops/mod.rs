@@ -1,9 +1,10 @@
 //! Operations on the database file as a whole: [`backup`] while serving, [`restore`] with the
-//! server stopped, [`retention`] (pruning old bodies, in `serve` and by hand) and [`export`] as
-//! JSON Lines. Each returns a report of what it did and reports progress on long work through a
+//! server stopped, [`retention`] (pruning old bodies, in `serve` and by hand), [`export`] as
+//! JSON Lines, and [`audit`] (what `check` warns about). Each returns a report of what it did and reports progress on long work through a
 //! [`Progress`]; none prints, reads arguments or exits: the CLI does those. They may use the
 //! mirror's queries, the store and the leaves.
 
+pub mod audit;
 pub mod backup;
 pub mod copy;
 pub mod export;

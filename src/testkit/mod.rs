@@ -18,10 +18,18 @@ impl TempDir {
     /// # Panics
     /// When the directory cannot be created.
     pub fn new(tag: &str) -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), tag)
+    }
+
+    /// The same under `parent` (which must exist), for a test that needs a particular file
+    /// system.
+    ///
+    /// # Panics
+    /// When the directory cannot be created.
+    pub fn new_in(parent: &Path, tag: &str) -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("stripe-inbox-{tag}-{}-{n}", std::process::id()));
+        let dir = parent.join(format!("stripe-inbox-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("create temp dir {}: {e}", dir.display()));
