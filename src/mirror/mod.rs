@@ -85,6 +85,7 @@ mod candidate;
 pub mod decision;
 mod json_span;
 mod lifecycle;
+pub mod order;
 pub mod project;
 pub mod queries;
 pub mod replay;
@@ -97,5 +98,6 @@ mod tests;
 
 pub use decision::{Decision, Outcome, TieRule};
 pub use json_span::data_object_raw;
+pub use order::{order_of_second, SecondEvent};
 pub use project::apply;
 pub use shape::{input, Input};
