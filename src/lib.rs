@@ -113,6 +113,7 @@ pub mod crypto;
 pub mod error;
 pub mod event;
 pub mod format;
+pub mod forward;
 pub mod histogram;
 pub mod http;
 pub mod ingest;
