@@ -40,6 +40,7 @@ pub struct Service {
     checkpointer: Checkpointer,
     retention: Scheduler,
     forwarder: Forwarder,
+    routes: Arc<Routes>,
     lock: Lock,
     database: PathBuf,
 }
@@ -171,17 +172,18 @@ impl Service {
             }
         };
         // Forwarding last: nothing after it can fail, and it needs the writer until it stops.
-        let forwarder = match Forwarder::start(routes, destinations, writer.handle(), &database) {
-            Ok(forwarder) => forwarder,
-            Err(e) => {
-                webhook.shutdown(Duration::from_secs(1));
-                admin.shutdown(Duration::from_secs(1));
-                retention.stop();
-                checkpointer.stop();
-                writer.stop();
-                return Err(e);
-            }
-        };
+        let forwarder =
+            match Forwarder::start(routes.clone(), destinations, writer.handle(), &database) {
+                Ok(forwarder) => forwarder,
+                Err(e) => {
+                    webhook.shutdown(Duration::from_secs(1));
+                    admin.shutdown(Duration::from_secs(1));
+                    retention.stop();
+                    checkpointer.stop();
+                    writer.stop();
+                    return Err(e);
+                }
+            };
         log::info!(
             "listening webhook=http://{}{} admin=http://{}/ database={} lock={}",
             webhook.local_addr(),
@@ -197,6 +199,7 @@ impl Service {
             checkpointer,
             retention,
             forwarder,
+            routes,
             lock,
             database,
         })
@@ -213,6 +216,11 @@ impl Service {
     /// A handle on the writer, for work that must go through it (and for tests).
     pub fn writer(&self) -> crate::store::writer::WriterHandle {
         self.writer.handle()
+    }
+
+    /// The forwarding destinations (their counters, and the alarms that wake their dispatchers).
+    pub fn forward_routes(&self) -> Arc<Routes> {
+        self.routes.clone()
     }
 
     /// Stops accepting, answers what is in flight, commits what is queued, closes the database.

@@ -15,7 +15,7 @@ use crate::admin::context::{page_response, redirect, Admin};
 use crate::admin::form::Form;
 use crate::admin::html::{self, esc, url_encode, Frame};
 use crate::error::{Error, Result};
-use crate::forward::queue::{redeliver_one, State};
+use crate::forward::queue::State;
 use crate::forward::redeliver::{through, Which};
 use crate::forward::views::{self, Attempt, Counts, Filter, Row};
 use crate::forward::Routes;
@@ -412,10 +412,8 @@ pub fn retry_one(admin: &Admin, id: &str) -> Result<Response> {
     let Ok(id) = id.parse::<i64>() else {
         return Ok(not_found());
     };
-    let done = admin
-        .writer
-        .run(move |conn| redeliver_one(conn, id, now_ms()))?;
-    if !done {
+    let done = through(&admin.writer, &admin.forward, &Which::Delivery(id), None)?;
+    if done.requeued == 0 {
         return Ok(page_response(
             409,
             html::message_page(
@@ -424,7 +422,6 @@ pub fn retry_one(admin: &Admin, id: &str) -> Result<Response> {
             ),
         ));
     }
-    wake_all(&admin.forward);
     log::info!("admin retried delivery={id}");
     Ok(redirect("/deliveries?done=retried").with_log(format!("admin=retry delivery={id}")))
 }
@@ -443,7 +440,6 @@ pub fn retry_dead(admin: &Admin, form: &Form) -> Result<Response> {
         destination.as_deref(),
     )?
     .requeued;
-    wake_all(&admin.forward);
     log::info!(
         "admin retried dead deliveries n={total} destination={}",
         destination.as_deref().unwrap_or("*")
@@ -467,7 +463,6 @@ pub fn forward_event(admin: &Admin, event_id: &str, form: &Form) -> Result<Respo
         Err(Error::NotFound { .. }) => return Ok(not_found()),
         Err(e) => return Err(e),
     }
-    wake_all(&admin.forward);
     log::info!("admin forwarded event={event_id} destination={destination}");
     Ok(
         redirect(&format!("/events/{}", url_encode(event_id))).with_log(format!(
@@ -481,10 +476,4 @@ fn not_found() -> Response {
         404,
         html::message_page("Not found", "There is no such delivery or destination."),
     )
-}
-
-fn wake_all(routes: &Routes) {
-    for r in &routes.list {
-        r.signal.poke();
-    }
 }

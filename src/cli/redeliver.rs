@@ -59,7 +59,9 @@ pub fn run(parser: lexopt::Parser) -> Result<()> {
                 String::new()
             }
         ),
-        Which::Dead => println!("{} dead deliveries{target} back to pending", done.requeued),
+        Which::Dead | Which::Delivery(_) => {
+            println!("{} dead deliveries{target} back to pending", done.requeued)
+        }
     }
     Ok(())
 }

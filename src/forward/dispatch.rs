@@ -506,6 +506,107 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{envelope, testevent};
+    use crate::forward::route::Stats;
+    use crate::ingest::store::{store_event, Effects, Ingest, Source};
+    use crate::store::writer::{Writer, WriterConfig};
+    use crate::testkit::TempDir;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn a_panicking_sender_releases_its_lease_and_the_delivery_is_retried() {
+        let dir = TempDir::new("forward-panic");
+        let db = dir.path().join("p.db");
+        let writer = Writer::start(
+            store::open_writer(&db).unwrap(),
+            WriterConfig {
+                queue_capacity: 64,
+                max_batch: 16,
+            },
+        )
+        .unwrap();
+        let config = Forward {
+            name: "app".into(),
+            url: "http://127.0.0.1:9/".into(),
+            secret: Some("whsec_x".into()),
+            settle_ms: 0,
+            min_backoff_ms: 20,
+            ..Forward::default()
+        };
+        let routes = Arc::new(Routes::from_config(std::slice::from_ref(&config)));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let send: SendFn = Arc::new(move |_body: &[u8], h: &[(&'static str, String)]| {
+            assert!(h.iter().any(|(n, _)| *n == "Stripe-Signature"));
+            if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("boom");
+            }
+            Answer {
+                status: Some(204),
+                retry_after: None,
+                error: None,
+            }
+        });
+        let forwarder = Forwarder::start(
+            routes.clone(),
+            vec![Destination {
+                config,
+                secret: "whsec_x".into(),
+                send,
+            }],
+            writer.handle(),
+            &db,
+        )
+        .unwrap();
+        let body =
+            serde_json::to_vec(&testevent::build("customer.updated", 1_700_000_000).unwrap())
+                .unwrap();
+        let ingest = Ingest {
+            envelope: envelope::parse(&body).unwrap(),
+            body,
+            secret_index: Some(0),
+            received_at_ms: now_ms(),
+            source: Source::Webhook,
+        };
+        let effects = Effects {
+            forward: routes.clone(),
+        };
+        writer
+            .handle()
+            .run(move |conn| store_event(conn, &ingest, &effects))
+            .unwrap();
+        let reader = store::open_read_only(&db).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let state: String = reader
+                .query_row("SELECT state FROM deliveries", [], |r| r.get(0))
+                .unwrap();
+            if state == "done" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "still {state}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        forwarder.stop();
+        let attempts: Vec<(i64, String, Option<String>)> = reader
+            .prepare("SELECT attempt, outcome, error FROM delivery_attempts ORDER BY attempt")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(attempts.len(), 2, "{attempts:?}");
+        assert_eq!((attempts[0].0, attempts[0].1.as_str()), (1, "retry"));
+        assert_eq!(attempts[0].2.as_deref(), Some("sender panicked: boom"));
+        assert_eq!((attempts[1].0, attempts[1].1.as_str()), (2, "done"));
+        let stats = &routes.list[0].stats;
+        assert_eq!(
+            (Stats::load(&stats.retried), Stats::load(&stats.done)),
+            (1, 1)
+        );
+        assert_eq!(Stats::load(&stats.in_flight), 0);
+        writer.stop();
+    }
 
     #[test]
     fn the_log_never_shows_credentials_in_a_url() {

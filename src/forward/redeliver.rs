@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::forward::queue::{redeliver_dead, redeliver_event, Redelivered};
+use crate::forward::queue::{redeliver_dead, redeliver_event, redeliver_one, Redelivered};
 use crate::forward::route::Routes;
 use crate::store::writer::{Writer, WriterConfig, WriterHandle};
 use crate::store::{self, Lock};
@@ -25,9 +25,12 @@ pub enum Which {
     Event(String),
     /// Every dead delivery.
     Dead,
+    /// One delivery (by `deliveries.id`), if it is done or dead.
+    Delivery(i64),
 }
 
-/// Puts back `which` (to `destination` only, if given) through `writer`, a batch per task.
+/// Puts back `which` (to `destination` only, if given) through `writer`, a batch per task, and
+/// wakes the dispatchers of `routes` so that it goes out at once.
 pub fn through(
     writer: &WriterHandle,
     routes: &std::sync::Arc<Routes>,
@@ -35,7 +38,28 @@ pub fn through(
     destination: Option<&str>,
 ) -> Result<Redelivered> {
     let destination = destination.map(str::to_string);
+    let done = put_back(writer, routes, which, destination)?;
+    for route in &routes.list {
+        route.signal.poke();
+    }
+    Ok(done)
+}
+
+fn put_back(
+    writer: &WriterHandle,
+    routes: &std::sync::Arc<Routes>,
+    which: &Which,
+    destination: Option<String>,
+) -> Result<Redelivered> {
     match which {
+        Which::Delivery(id) => {
+            let id = *id;
+            let done = writer.run(move |conn| redeliver_one(conn, id, now_ms()))?;
+            Ok(Redelivered {
+                requeued: u64::from(done),
+                created: 0,
+            })
+        }
         Which::Event(id) => {
             let (id, routes) = (id.clone(), routes.clone());
             writer.run(move |conn| {

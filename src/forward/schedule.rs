@@ -212,10 +212,7 @@ mod tests {
         }
         // Capped by max_backoff, also far out (no overflow).
         for attempt in [13, 40, 63, 64, 1000, i64::MAX] {
-            assert_eq!(
-                POLICY.backoff_ms(attempt, u64::MAX / 3 * 2 + 7) <= 3_600_000,
-                true
-            );
+            assert!(POLICY.backoff_ms(attempt, u64::MAX / 3 * 2 + 7) <= 3_600_000);
             assert_eq!(POLICY.backoff_ms(attempt, 3_599_000), 3_600_000);
         }
         // A floor above the cap is held to the cap.
