@@ -76,6 +76,7 @@ pub fn list(admin: &Admin, req: &Request, viewer: &Viewer) -> Result<Response> {
     } else {
         counts_table(&mut body, &counts, &admin.forward, now);
     }
+    body.push_str("<h2>Newest first</h2>");
     filter_form(&mut body, &filter, &counts);
     let dead_here: i64 = counts
         .iter()
@@ -90,14 +91,18 @@ pub fn list(admin: &Admin, req: &Request, viewer: &Viewer) -> Result<Response> {
     if dead_here > 0 {
         let _ = write!(
             body,
-            "<div class=\"actions\"><form method=\"post\" action=\"/deliveries/retry-dead\">{}{}<button>Retry all {} dead deliveries{}</button></form></div>",
+            "<div class=\"actions\"><form method=\"post\" action=\"/deliveries/retry-dead\">{}{}<button>Retry {}{}</button></form></div>",
             html::csrf_field(&viewer.csrf),
             filter
                 .destination
                 .as_ref()
                 .map(|d| format!("<input type=\"hidden\" name=\"destination\" value=\"{}\">", esc(d)))
                 .unwrap_or_default(),
-            html::thousands(dead_here),
+            if dead_here == 1 {
+                "the dead delivery".to_string()
+            } else {
+                format!("all {} dead deliveries", html::thousands(dead_here))
+            },
             filter
                 .destination
                 .as_ref()
@@ -152,7 +157,7 @@ pub fn list(admin: &Admin, req: &Request, viewer: &Viewer) -> Result<Response> {
 }
 
 fn counts_table(body: &mut String, counts: &[Counts], routes: &Routes, now: i64) {
-    body.push_str("<div class=\"scroll\"><table><thead><tr><th>Destination</th><th>Pending</th><th>In flight</th><th>Dead</th><th>Oldest waiting</th></tr></thead><tbody>");
+    body.push_str("<h2>By destination</h2><div class=\"scroll\"><table><thead><tr><th>Destination</th><th>Pending</th><th>In flight</th><th>Dead</th><th>Oldest waiting</th></tr></thead><tbody>");
     for c in counts {
         let name = url_encode(&c.destination);
         let _ = write!(
@@ -222,7 +227,7 @@ fn table(body: &mut String, rows: &[Row], viewer: &Viewer, now: i64) {
         let event = url_encode(&r.event_id);
         let _ = write!(
             body,
-            "<tr><td class=\"mono\"><a href=\"/events/{event}\">{}</a></td><td><a href=\"/events/{event}\">{}</a><div class=\"id\">{}</div></td><td class=\"id obj hide-s\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"hide-s\">{}</td><td class=\"hide-s\">{}</td><td>",
+            "<tr><td class=\"mono\"><a href=\"/events/{event}\">{}</a></td><td><a href=\"/events/{event}\">{}</a><div class=\"mono muted\">{}</div></td><td class=\"id obj hide-s\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"hide-s\">{}</td><td class=\"hide-s\">{}</td><td>",
             html::time_cell(r.created_at.div_euclid(1000)),
             esc(r.event_type.as_deref().unwrap_or("(event gone)")),
             esc(&r.event_id),
