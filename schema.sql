@@ -257,7 +257,9 @@ CREATE TABLE deliveries (
     lease_owner      TEXT,                        -- process and sender holding it in flight
     lease_expires_at INTEGER,                     -- unix ms
     delivered_at     INTEGER,                     -- unix ms the app's 2xx was committed
-    UNIQUE (event_id, destination)
+    -- One row per (event, destination), keyed by the event's arrival number rather than its id:
+    -- it only grows, so this index is appended to instead of written at a random page per event.
+    UNIQUE (k_seq, destination)
 );
 -- A lane's waiting rows in order (the head, the tie order, a live lease in the lane).
 CREATE INDEX deliveries_lane ON deliveries (destination, lane, k_created, k_tie, k_seq)

@@ -348,6 +348,10 @@ mod tests {
         assert!(!config.admin.cookie_secure);
         assert_eq!(config.database.checkpoint_interval_ms, 250);
         assert_eq!(config.retention.body_days, 0);
+        assert!(
+            config.forward.is_empty(),
+            "no forwarding unless a block is uncommented"
+        );
     }
 
     #[test]
@@ -378,6 +382,17 @@ mod tests {
         );
         assert_eq!(config.retention.body_days, default.retention.body_days);
         assert_eq!(config.database.path, Path::new("stripe-inbox.db"));
+        // The [[forward]] block: every key it shows but the three it must fill in is at its default.
+        let shown = &config.forward[0];
+        assert_eq!(
+            *shown,
+            forward::Forward {
+                name: "app".into(),
+                url: "http://127.0.0.1:3000/stripe/webhook".into(),
+                secret_env: "APP_WEBHOOK_SECRET".into(),
+                ..forward::Forward::default()
+            }
+        );
     }
 
     #[test]

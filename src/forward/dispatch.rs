@@ -7,7 +7,8 @@
 //! random id and that slot. A sender reads the event's body on its own read-only connection, signs
 //! and POSTs it ([`super::sender`]), classifies the answer ([`super::schedule`]) and writes the
 //! outcome through the writer, which releases the lease: on success, on every error, and when the
-//! POST panics (caught). Nothing here writes but through the writer, and a claim or an outcome is a
+//! POST panics (caught). A destination that keeps failing is paused as a whole and probed one
+//! attempt at a time ([`Health`]) until it answers again. Nothing here writes but through the writer, and a claim or an outcome is a
 //! few rows, so forwarding never holds the writer long whatever the app does.
 //!
 //! Shutdown ([`Forwarder::stop`]): the dispatchers stop claiming; each sender finishes the attempt
@@ -29,7 +30,9 @@ use crate::crypto;
 use crate::error::{Error, Result};
 use crate::forward::lease::{claim, finish, Claimed, Outcome};
 use crate::forward::route::{Route, Routes};
-use crate::forward::schedule::{class_of_status, parse_retry_after, Class, Policy};
+use crate::forward::schedule::{
+    class_of_status, parse_retry_after, Change, Class, Health, Policy, FAILS_TO_PAUSE,
+};
 use crate::forward::sender::{headers, Answer, Sender};
 use crate::forward::views;
 use crate::store;
@@ -79,6 +82,8 @@ struct Ctx {
     process: String,
     /// Slots whose sender is idle.
     free: Mutex<Vec<usize>>,
+    /// Whether the destination as a whole answers (paused after failures in a row).
+    health: Mutex<Health>,
 }
 
 impl Ctx {
@@ -144,6 +149,7 @@ impl Forwarder {
                 database: database.to_path_buf(),
                 process: process.clone(),
                 free: Mutex::new((0..slots).rev().collect()),
+                health: Mutex::new(Health::default()),
             });
             let name = ctx.config.name.clone();
             let mut jobs = Vec::with_capacity(slots);
@@ -227,8 +233,14 @@ fn dispatcher_loop(ctx: &Ctx, jobs: Vec<SyncSender<Claimed>>) {
             gauges_at = now.saturating_add(GAUGES_EVERY_MS);
         }
         let free: Vec<usize> = ctx.free.lock().expect("forward slots poisoned").clone();
-        if !free.is_empty() && next_due <= now {
-            let take = free.len().min(CLAIM_BATCH);
+        let in_flight = route.stats.in_flight.load(Ordering::Relaxed);
+        let allowed = ctx
+            .health
+            .lock()
+            .expect("forward health poisoned")
+            .allowance(now, free.len(), in_flight);
+        if allowed > 0 && next_due <= now {
+            let take = allowed.min(CLAIM_BATCH);
             // The slots used last are at the end: take from there, so idle senders stay idle.
             let slots: Vec<usize> = free[free.len() - take..].iter().rev().copied().collect();
             let owners: Vec<String> = slots
@@ -243,6 +255,12 @@ fn dispatcher_loop(ctx: &Ctx, jobs: Vec<SyncSender<Claimed>>) {
             {
                 Ok(c) => {
                     let full = c.claimed.len() == take;
+                    if !c.claimed.is_empty() {
+                        ctx.health
+                            .lock()
+                            .expect("forward health poisoned")
+                            .probe_started();
+                    }
                     for (job, slot) in c.claimed.into_iter().zip(&slots) {
                         ctx.free
                             .lock()
@@ -268,10 +286,16 @@ fn dispatcher_loop(ctx: &Ctx, jobs: Vec<SyncSender<Claimed>>) {
         // Asleep until the next due time (only if a sender is free to take it), the gauges, a
         // poke or stop.
         let idle = !ctx.free.lock().expect("forward slots poisoned").is_empty();
-        let until = if idle {
-            next_due.min(gauges_at)
-        } else {
-            gauges_at
+        let resume = ctx
+            .health
+            .lock()
+            .expect("forward health poisoned")
+            .resume_at();
+        let until = match (idle, resume) {
+            (false, _) => gauges_at,
+            (true, None) => next_due.min(gauges_at),
+            // Paused: the next due time counts only once the pause is over.
+            (true, Some(at)) => next_due.max(at).min(gauges_at),
         };
         let woke = route.signal.wait(until, now_ms);
         if woke.stop {
@@ -330,6 +354,29 @@ fn sender_loop(ctx: &Ctx, slot: usize, jobs: Receiver<Claimed>) {
             Class::Dead => stats.dead.fetch_add(1, Ordering::Relaxed),
         };
         log_outcome(ctx, &job, &outcome);
+        let random = u64::from_le_bytes(crypto::random_bytes::<8>().unwrap_or([3; 8]));
+        let change = ctx.health.lock().expect("forward health poisoned").record(
+            outcome.status,
+            now_ms(),
+            &ctx.policy,
+            random,
+        );
+        match change {
+            Some(Change::Paused { wait_ms }) => log::warn!(
+                "forward destination={}: {} attempts in a row failed (last: {}); sending one at a \
+                 time until it answers, next in {:.1} s",
+                ctx.config.name,
+                FAILS_TO_PAUSE,
+                outcome.error.as_deref().unwrap_or("no answer"),
+                wait_ms as f64 / 1000.0
+            ),
+            Some(Change::Resumed) => log::info!(
+                "forward destination={}: answering again; back to {} at a time",
+                ctx.config.name,
+                ctx.config.max_in_flight
+            ),
+            None => {}
+        }
         store_outcome(ctx, outcome);
         stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         ctx.free.lock().expect("forward slots poisoned").push(slot);

@@ -82,17 +82,20 @@ pub fn lane<'a>(object_id: Option<&'a str>, event_id: &'a str) -> &'a str {
 pub fn enqueue(conn: &Connection, routes: &Routes, ev: &NewEvent) -> Result<()> {
     let sql = |e| Error::sqlite(format!("queue deliveries of {}", ev.event_id), e);
     let lane = lane(ev.object_id, ev.event_id);
-    let mut ties: Option<Vec<(String, i64)>> = None;
+    let mut ties: Option<Vec<(i64, i64)>> = None;
     for route in routes
         .list
         .iter()
         .filter(|r| r.wants(ev.event_type, ev.decision))
     {
         let due = ev.received_at_ms.saturating_add(route.settle_ms);
+        // Usually the lane is empty (its object's earlier deliveries are done): the new row heads
+        // it, and there is nothing to order.
+        let alone = !lane_busy(conn, &route.name, lane)?;
         conn.prepare_cached(
             "INSERT INTO deliveries (event_id, destination, object_id, lane, k_created, k_seq,
-                 created_at, retry_from, next_attempt_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+                 created_at, retry_from, next_attempt_at, head)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -103,28 +106,46 @@ pub fn enqueue(conn: &Connection, routes: &Routes, ev: &NewEvent) -> Result<()> 
                 ev.created,
                 ev.seq,
                 ev.received_at_ms,
-                due
+                due,
+                alone
             ])
         })
         .map_err(sql)?;
-        // Other waiting rows of this object in the same second: order them all as the mirror does.
-        if ev.object_id.is_some() && same_second_waiting(conn, &route.name, lane, ev.created)? > 1 {
-            if ties.is_none() {
-                ties = Some(tie_order(conn, lane, ev.created)?);
+        if !alone {
+            // Other waiting rows of this object in the same second: order them as the mirror does.
+            if ev.object_id.is_some()
+                && same_second_waiting(conn, &route.name, lane, ev.created)? > 1
+            {
+                if ties.is_none() {
+                    ties = Some(tie_order(conn, lane, ev.created)?);
+                }
+                for (seq, tie) in ties.iter().flatten() {
+                    conn.prepare_cached(&format!(
+                        "UPDATE deliveries SET k_tie = ?1
+                         WHERE k_seq = ?2 AND destination = ?3 AND {ACTIVE} AND k_tie <> ?1"
+                    ))
+                    .and_then(|mut s| s.execute(params![tie, seq, route.name]))
+                    .map_err(sql)?;
+                }
             }
-            for (event_id, tie) in ties.iter().flatten() {
-                conn.prepare_cached(&format!(
-                    "UPDATE deliveries SET k_tie = ?1
-                     WHERE event_id = ?2 AND destination = ?3 AND {ACTIVE} AND k_tie <> ?1"
-                ))
-                .and_then(|mut s| s.execute(params![tie, event_id, route.name]))
-                .map_err(sql)?;
-            }
+            relead(conn, &route.name, lane)?;
         }
-        relead(conn, &route.name, lane)?;
         route.signal.due_at(due);
     }
     Ok(())
+}
+
+/// Whether a lane has a waiting or under-way row.
+fn lane_busy(conn: &Connection, destination: &str, lane: &str) -> Result<bool> {
+    conn.prepare_cached(&format!(
+        "SELECT 1 FROM deliveries WHERE destination = ?1 AND lane = ?2 AND {ACTIVE} LIMIT 1"
+    ))
+    .and_then(|mut s| {
+        s.query_row(params![destination, lane], |_| Ok(()))
+            .optional()
+    })
+    .map(|found| found.is_some())
+    .map_err(|e| Error::sqlite("look at a lane", e))
 }
 
 /// Waiting rows of a lane in one second.
@@ -142,9 +163,9 @@ fn same_second_waiting(
     .map_err(|e| Error::sqlite("count a lane's second", e))
 }
 
-/// The mirror's order of every stored event about `object_id` in `second`: (event id, position).
-/// Empty when there are too many to order (they then go by arrival).
-pub fn tie_order(conn: &Connection, object_id: &str, second: i64) -> Result<Vec<(String, i64)>> {
+/// The mirror's order of every stored event about `object_id` in `second`: (the event's `seq`,
+/// position). Empty when there are too many to order (they then go by arrival).
+pub fn tie_order(conn: &Connection, object_id: &str, second: i64) -> Result<Vec<(i64, i64)>> {
     let sql = |e| Error::sqlite(format!("order the events of {object_id} at {second}"), e);
     let rows: Vec<(String, String, i64, Vec<u8>)> = conn
         .prepare_cached(
@@ -172,7 +193,7 @@ pub fn tie_order(conn: &Connection, object_id: &str, second: i64) -> Result<Vec<
     Ok(order_of_second(object_id, &events)
         .into_iter()
         .enumerate()
-        .map(|(position, i)| (rows[i].0.clone(), position as i64))
+        .map(|(position, i)| (rows[i].2, position as i64))
         .collect())
 }
 
@@ -244,10 +265,10 @@ pub fn redeliver_event(
     let rows: Vec<(i64, String, String)> = conn
         .prepare_cached(
             "SELECT id, destination, lane FROM deliveries
-             WHERE event_id = ?1 AND (?2 IS NULL OR destination = ?2) AND state IN ('done', 'dead')",
+             WHERE k_seq = ?1 AND (?2 IS NULL OR destination = ?2) AND state IN ('done', 'dead')",
         )
         .and_then(|mut s| {
-            s.query_map(params![event_id, destination], |r| {
+            s.query_map(params![seq, destination], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?
             .collect()
@@ -260,8 +281,8 @@ pub fn redeliver_event(
     }
     if let Some(dest) = destination {
         let exists: bool = conn
-            .prepare_cached("SELECT 1 FROM deliveries WHERE event_id = ?1 AND destination = ?2")
-            .and_then(|mut s| s.query_row(params![event_id, dest], |_| Ok(())).optional())
+            .prepare_cached("SELECT 1 FROM deliveries WHERE k_seq = ?1 AND destination = ?2")
+            .and_then(|mut s| s.query_row(params![seq, dest], |_| Ok(())).optional())
             .map_err(sql)?
             .is_some();
         if !exists {
@@ -538,6 +559,23 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(order, ["evt_c", "evt_p", "evt_s"]);
         assert_eq!(heads(&conn, "app"), ["evt_c"]);
+    }
+
+    #[test]
+    fn retention_keeps_the_body_of_an_event_a_delivery_still_needs() {
+        let conn = store::open_memory().unwrap();
+        let r = routes(&["app"], 0);
+        add(&conn, &r, "evt_sent", Some("cus_1"), 100, 1);
+        add(&conn, &r, "evt_waiting", Some("cus_2"), 100, 2);
+        add(&conn, &r, "evt_dead", Some("cus_3"), 100, 3);
+        conn.execute_batch(
+            "UPDATE deliveries SET state = 'done', head = 0 WHERE k_seq = 1;
+             UPDATE deliveries SET state = 'dead', head = 0 WHERE k_seq = 3;",
+        )
+        .unwrap();
+        // All three are old enough; only the one whose delivery is done may lose its body.
+        let (due, _) = crate::ops::retention::survey(&conn, 1_000).unwrap();
+        assert_eq!(due, 1);
     }
 
     #[test]

@@ -20,6 +20,13 @@
 //! the draw, held within `[min_backoff, max_backoff]` so that `Retry-After: 0` cannot make a hot
 //! loop. A delivery is dead once `retry_for` has passed since it was queued (or redelivered); the
 //! last retry is moved forward to that moment rather than dropped.
+//!
+//! # A destination that is down
+//! Each delivery keeps its own schedule, but a destination that fails [`FAILS_TO_PAUSE`] attempts
+//! in a row with no answer, a 5xx, 429 or 408 is paused as a whole ([`Health`]): one attempt at a
+//! time, spaced by its own backoff (at most [`MAX_PAUSE_MS`]), until one is answered. Without it, an
+//! app that is down would be asked for every waiting object at once, over and over, each attempt an
+//! outcome for the writer to commit beside the webhooks.
 
 /// What one attempt's result asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +117,85 @@ impl Policy {
             None => self.backoff_ms(attempt, random),
         };
         Some(now_ms.saturating_add(wait).min(deadline))
+    }
+}
+
+/// Past this many failed attempts in a row across a destination (no answer, 5xx, 429 or 408: the
+/// app is down or overloaded, whichever delivery it is), the destination is paused: one attempt at
+/// a time, spaced by its backoff, until one is answered.
+pub const FAILS_TO_PAUSE: u32 = 5;
+/// The longest pause between two probes of a paused destination: an app that comes back is
+/// noticed within this, however long it was down.
+pub const MAX_PAUSE_MS: i64 = 30_000;
+
+/// Whether a destination as a whole is answering (a circuit breaker). Each delivery keeps its own
+/// schedule; this only keeps a dead destination from being asked for every waiting object at
+/// once, again and again, which would cost the writer an outcome per attempt for nothing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// Failed attempts in a row.
+    pub failing: u32,
+    /// Paused: no attempt before this (unix ms), then one probe.
+    pub paused_until: Option<i64>,
+    /// The probe is under way.
+    pub probing: bool,
+}
+
+/// A change of a destination's health worth a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Paused { wait_ms: i64 },
+    Resumed,
+}
+
+impl Health {
+    /// How many deliveries may be claimed now, with `free` idle senders and `in_flight` attempts
+    /// under way.
+    pub fn allowance(&self, now_ms: i64, free: usize, in_flight: u64) -> usize {
+        match self.paused_until {
+            None => free,
+            Some(t) if now_ms >= t && in_flight == 0 && !self.probing => free.min(1),
+            Some(_) => 0,
+        }
+    }
+
+    /// When a paused destination may be probed (`None`: not paused, or probing).
+    pub fn resume_at(&self) -> Option<i64> {
+        self.paused_until.filter(|_| !self.probing)
+    }
+
+    /// A claim went out while paused: that is the probe.
+    pub fn probe_started(&mut self) {
+        if self.paused_until.is_some() {
+            self.probing = true;
+        }
+    }
+
+    /// Records one attempt's answer (`None`: none came).
+    pub fn record(
+        &mut self,
+        status: Option<u16>,
+        now_ms: i64,
+        policy: &Policy,
+        random: u64,
+    ) -> Option<Change> {
+        let trouble = status.is_none_or(|s| s >= 500 || s == 429 || s == 408);
+        if !trouble {
+            let was_paused = self.paused_until.is_some();
+            *self = Health::default();
+            return was_paused.then_some(Change::Resumed);
+        }
+        self.failing = self.failing.saturating_add(1);
+        self.probing = false;
+        if self.failing < FAILS_TO_PAUSE {
+            return None;
+        }
+        let wait_ms = policy
+            .backoff_ms(i64::from(self.failing - FAILS_TO_PAUSE + 1), random)
+            .min(MAX_PAUSE_MS);
+        let first = self.paused_until.is_none();
+        self.paused_until = Some(now_ms.saturating_add(wait_ms));
+        first.then_some(Change::Paused { wait_ms })
     }
 }
 
@@ -250,6 +336,51 @@ mod tests {
             POLICY.next_attempt(1, now, now - 4 * 86_400_000, Some(1), 0),
             None
         );
+    }
+
+    #[test]
+    fn a_destination_that_keeps_failing_is_probed_one_attempt_at_a_time() {
+        let p = Policy {
+            min_backoff_ms: 100,
+            max_backoff_ms: 3_600_000,
+            retry_for_ms: 1,
+        };
+        let mut h = Health::default();
+        assert_eq!(h.allowance(0, 8, 3), 8);
+        // Answers that are not trouble keep it healthy: a 409 or a 400 means the app is up.
+        for status in [Some(409), Some(400), Some(200)] {
+            assert_eq!(h.record(status, 0, &p, 0), None);
+        }
+        assert_eq!(h.failing, 0);
+        // Four failures in a row: still at full speed; the fifth pauses it.
+        for status in [None, Some(503), Some(429), Some(408)] {
+            assert_eq!(h.record(status, 0, &p, 0), None);
+            assert_eq!(h.allowance(0, 8, 0), 8);
+        }
+        assert_eq!(
+            h.record(None, 1000, &p, 0),
+            Some(Change::Paused { wait_ms: 100 })
+        );
+        assert_eq!(h.allowance(1050, 8, 0), 0, "paused");
+        assert_eq!(h.resume_at(), Some(1100));
+        assert_eq!(
+            h.allowance(1100, 8, 2),
+            0,
+            "not while attempts are under way"
+        );
+        assert_eq!(h.allowance(1100, 8, 0), 1, "one probe");
+        h.probe_started();
+        assert_eq!((h.allowance(1200, 8, 0), h.resume_at()), (0, None));
+        // The probe fails: a longer pause, no new log line.
+        assert_eq!(h.record(Some(502), 1300, &p, 99), None);
+        assert_eq!(h.paused_until, Some(1300 + 100 + 99 % 101));
+        // Far out, the pause stays under MAX_PAUSE_MS.
+        h.failing = 60;
+        h.record(None, 0, &p, u64::MAX);
+        assert_eq!(h.paused_until, Some(MAX_PAUSE_MS));
+        // An answer: back to full speed.
+        assert_eq!(h.record(Some(200), 5000, &p, 0), Some(Change::Resumed));
+        assert_eq!(h.allowance(5000, 8, 0), 8);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The deliveries as people look at them: the list by destination and state (newest first,
 //! keyset-paginated), one event's deliveries with every attempt, and the counts the dashboard,
 //! `/metrics` and `stripe-inbox deliveries` show. Read-only queries, each an index range
-//! (`deliveries_state`, the `(event_id, destination)` key, the attempts' primary key), never a
+//! (`deliveries_state`, the `(k_seq, destination)` key, the attempts' primary key), never a
 //! scan of the table; shared by the admin pages and the CLI so that both say the same thing.
 
 use rusqlite::{params, Connection};
@@ -121,7 +121,7 @@ pub fn for_event(conn: &Connection, event_id: &str) -> Result<Vec<(Row, Vec<Atte
     let rows: Vec<Row> = conn
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM deliveries d LEFT JOIN events e ON e.id = d.event_id
-             WHERE d.event_id = ?1 ORDER BY d.destination"
+             WHERE d.k_seq = (SELECT seq FROM events WHERE id = ?1) ORDER BY d.destination"
         ))
         .and_then(|mut s| s.query_map([event_id], row)?.collect())
         .map_err(sql)?;
