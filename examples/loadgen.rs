@@ -1232,11 +1232,7 @@ impl ForwardApp {
         let received = self.received();
         let (first, last) = *self.first_last.lock().unwrap_or_else(|e| e.into_inner());
         let states = (|| -> Result<String, String> {
-            let conn = rusqlite::Connection::open_with_flags(
-                db,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-            )
-            .map_err(|e| e.to_string())?;
+            let conn = stripe_inbox::store::open_read_only(db).map_err(|e| e.to_string())?;
             let mut stmt = conn
                 .prepare(
                     "SELECT state, COUNT(*), SUM(attempts) FROM deliveries GROUP BY state ORDER BY state",

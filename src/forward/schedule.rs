@@ -373,7 +373,8 @@ mod tests {
         assert_eq!((h.allowance(1200, 8, 0), h.resume_at()), (0, None));
         // The probe fails: a longer pause, no new log line.
         assert_eq!(h.record(Some(502), 1300, &p, 99), None);
-        assert_eq!(h.paused_until, Some(1300 + 100 + 99 % 101));
+        // Backoff of "attempt 2" above the pause: 100 ms + the draw (99) within [100, 200].
+        assert_eq!(h.paused_until, Some(1300 + 199));
         // Far out, the pause stays under MAX_PAUSE_MS.
         h.failing = 60;
         h.record(None, 0, &p, u64::MAX);
