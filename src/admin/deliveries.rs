@@ -11,9 +11,9 @@ use std::fmt::Write as _;
 use rusqlite::Connection;
 
 use crate::admin::auth::Viewer;
-use crate::admin::context::{page_response, redirect, Admin};
+use crate::admin::context::{built_in, page, page_response, redirect, Admin};
 use crate::admin::form::Form;
-use crate::admin::html::{self, esc, url_encode, Frame};
+use crate::admin::html::{self, esc, url_encode};
 use crate::error::{Error, Result};
 use crate::forward::queue::State;
 use crate::forward::redeliver::{through, Which};
@@ -143,17 +143,9 @@ pub fn list(admin: &Admin, req: &Request, viewer: &Viewer) -> Result<Response> {
             esc(&query(Some(last.id)))
         );
     }
-    let _ = write!(
-        body,
-        "</div><p class=\"muted\">Each object's deliveries leave one at a time, in the order of the events; a delivery waiting for its retry holds back the later ones of its object. Built in {:.1} ms.</p>",
-        started.elapsed().as_secs_f64() * 1000.0
-    );
-    let frame = Frame {
-        csrf: &viewer.csrf,
-        logged_in: viewer.logged_in,
-        active: "deliveries",
-    };
-    Ok(page_response(200, html::page("Deliveries", &frame, &body)))
+    body.push_str("</div><p class=\"muted\">Each object's deliveries leave one at a time, in the order of the events; a delivery waiting for its retry holds back the later ones of its object.</p>");
+    built_in(&mut body, started);
+    Ok(page(viewer, "deliveries", "Deliveries", &body))
 }
 
 fn counts_table(body: &mut String, counts: &[Counts], routes: &Routes, now: i64) {

@@ -51,15 +51,7 @@ pub fn claim(
     // The due heads, through `deliveries_due`; a lane is skipped while any of its rows is under a
     // live lease (a row that arrived during an attempt may head the lane and must still wait).
     let due: Vec<i64> = conn
-        .prepare_cached(&format!(
-            "SELECT d.id FROM deliveries d
-             WHERE d.destination = ?1 AND d.head = 1 AND d.next_attempt_at <= ?2
-               AND NOT EXISTS (
-                   SELECT 1 FROM deliveries o
-                   WHERE o.destination = d.destination AND o.lane = d.lane AND o.{ACTIVE}
-                     AND o.state = 'in_flight' AND o.next_attempt_at > ?2)
-             ORDER BY d.next_attempt_at, d.id LIMIT ?3"
-        ))
+        .prepare_cached(&due_heads_sql())
         .and_then(|mut s| {
             s.query_map(params![destination, now_ms, owners.len() as i64], |r| {
                 r.get(0)
@@ -101,6 +93,20 @@ pub fn claim(
         .and_then(|mut s| s.query_row(params![destination, now_ms], |r| r.get(0)))
         .map_err(sql)?;
     Ok(Claim { claimed, next_due })
+}
+
+/// The due heads of destination `?1` at `?2` whose lane has no live lease, oldest due first, at
+/// most `?3`.
+fn due_heads_sql() -> String {
+    format!(
+        "SELECT d.id FROM deliveries d
+         WHERE d.destination = ?1 AND d.head = 1 AND d.next_attempt_at <= ?2
+           AND NOT EXISTS (
+               SELECT 1 FROM deliveries o
+               WHERE o.destination = d.destination AND o.lane = d.lane AND o.{ACTIVE}
+                 AND o.state = 'in_flight' AND o.next_attempt_at > ?2)
+         ORDER BY d.next_attempt_at, d.id LIMIT ?3"
+    )
 }
 
 /// One attempt's outcome, as [`finish`] writes it.
@@ -326,15 +332,7 @@ mod tests {
                 .unwrap()
                 .join("\n")
         };
-        let due = plan(&format!(
-            "SELECT d.id FROM deliveries d
-             WHERE d.destination = ?1 AND d.head = 1 AND d.next_attempt_at <= ?2
-               AND NOT EXISTS (
-                   SELECT 1 FROM deliveries o
-                   WHERE o.destination = d.destination AND o.lane = d.lane AND o.{ACTIVE}
-                     AND o.state = 'in_flight' AND o.next_attempt_at > ?2)
-             ORDER BY d.next_attempt_at, d.id LIMIT ?3"
-        ));
+        let due = plan(&due_heads_sql());
         // The heads by due time; the live-lease test probes a lane's rows or the (few) rows in
         // flight, whichever the planner prefers: never a scan.
         assert!(due.contains("deliveries_due"), "{due}");

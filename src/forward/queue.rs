@@ -261,24 +261,16 @@ pub fn redeliver_event(
             what: format!("event {event_id}: no such event"),
         });
     };
-    let mut done = Redelivered::default();
-    let rows: Vec<(i64, String, String)> = conn
-        .prepare_cached(
+    let mut done = Redelivered {
+        requeued: requeue_found(
+            conn,
             "SELECT id, destination, lane FROM deliveries
              WHERE k_seq = ?1 AND (?2 IS NULL OR destination = ?2) AND state IN ('done', 'dead')",
-        )
-        .and_then(|mut s| {
-            s.query_map(params![seq, destination], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect()
-        })
-        .map_err(sql)?;
-    for (id, dest, lane) in &rows {
-        requeue(conn, *id, now_ms)?;
-        relead(conn, dest, lane)?;
-        done.requeued += 1;
-    }
+            params![seq, destination],
+            now_ms,
+        )?,
+        created: 0,
+    };
     if let Some(dest) = destination {
         let exists: bool = conn
             .prepare_cached("SELECT 1 FROM deliveries WHERE k_seq = ?1 AND destination = ?2")
@@ -313,18 +305,13 @@ pub fn redeliver_event(
 /// Puts one delivery back to `pending` if it is `done` or `dead`; false when it is not (no such
 /// row, or it is already waiting or under way).
 pub fn redeliver_one(conn: &Connection, id: i64, now_ms: i64) -> Result<bool> {
-    let row: Option<(String, String)> = conn
-        .prepare_cached(
-            "SELECT destination, lane FROM deliveries WHERE id = ?1 AND state IN ('done', 'dead')",
-        )
-        .and_then(|mut s| s.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
-        .map_err(|e| Error::sqlite(format!("redeliver delivery {id}"), e))?;
-    let Some((dest, lane)) = row else {
-        return Ok(false);
-    };
-    requeue(conn, id, now_ms)?;
-    relead(conn, &dest, &lane)?;
-    Ok(true)
+    let n = requeue_found(
+        conn,
+        "SELECT id, destination, lane FROM deliveries WHERE id = ?1 AND state IN ('done', 'dead')",
+        [id],
+        now_ms,
+    )?;
+    Ok(n == 1)
 }
 
 /// Puts up to `limit` dead deliveries (of one destination, or all) back to `pending`; returns how
@@ -336,17 +323,29 @@ pub fn redeliver_dead(
     limit: i64,
     now_ms: i64,
 ) -> Result<u64> {
-    let sql = |e| Error::sqlite("redeliver dead deliveries", e);
+    requeue_found(
+        conn,
+        "SELECT id, destination, lane FROM deliveries
+         WHERE state = 'dead' AND (?1 IS NULL OR destination = ?1) ORDER BY id LIMIT ?2",
+        params![destination, limit],
+        now_ms,
+    )
+}
+
+/// Puts back to `pending` every row `select` finds (a query of `id, destination, lane`), and
+/// re-leads each of their lanes; returns how many.
+fn requeue_found(
+    conn: &Connection,
+    select: &str,
+    args: impl rusqlite::Params,
+    now_ms: i64,
+) -> Result<u64> {
+    let sql = |e| Error::sqlite("find deliveries to put back", e);
     let rows: Vec<(i64, String, String)> = conn
-        .prepare_cached(
-            "SELECT id, destination, lane FROM deliveries
-             WHERE state = 'dead' AND (?1 IS NULL OR destination = ?1) ORDER BY id LIMIT ?2",
-        )
+        .prepare_cached(select)
         .and_then(|mut s| {
-            s.query_map(params![destination, limit], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect()
+            s.query_map(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
         })
         .map_err(sql)?;
     for (id, dest, lane) in &rows {
