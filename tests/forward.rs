@@ -19,7 +19,7 @@ use crate::support::forward::{
     order_of, verify, verifying, wait_for_deliveries, Answer, App, APP_SECRET, INSTALL,
 };
 use crate::support::process::{self, Rng, Server};
-use crate::support::{event_id, free_addr, TempDir};
+use crate::support::{event_id, free_addr, raw, request, TempDir};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -575,4 +575,65 @@ fn stripe_python_accepts_what_is_forwarded_and_nothing_else() {
     let last = tampered.len() - 2;
     tampered[last] = b' ';
     assert!(matches!(verify(&tampered, sig, APP_SECRET), Some(Err(_))));
+}
+
+#[test]
+fn the_admin_shows_deliveries_and_metrics_and_refuses_a_retry_without_its_csrf_token() {
+    let app = App::start(Arc::new(|_| Answer::status(410)));
+    let inbox = inbox(&forward_block(&app.url(), "settle_ms = 0"));
+    let body = event_about("customer.deleted", "cus_Admin1", now_secs());
+    let id = event_id(&body);
+    assert_eq!(inbox.post_signed(&body).status, 200);
+    wait_for_deliveries(&inbox.db_path(), "dead", WAIT, |rows| {
+        rows.iter().any(|d| d.state == "dead")
+    });
+    let get = |path: &str| raw(inbox.admin, &request("GET", path, b"", &[], true));
+    let page = get("/deliveries?state=dead");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains(&id) && page.body.contains("HTTP 410"),
+        "{}",
+        page.body
+    );
+    let event = get(&format!("/events/{id}"));
+    assert!(event.body.contains("<h2>Forwarding</h2>") && event.body.contains("dead"));
+    let dashboard = get("/");
+    assert!(
+        dashboard.body.contains("deliveries dead"),
+        "{}",
+        dashboard.body
+    );
+    // Not without the form's CSRF token.
+    for path in [
+        "/deliveries/retry-dead",
+        "/deliveries/1/retry",
+        &format!("/events/{id}/forward"),
+    ] {
+        let refused = raw(
+            inbox.admin,
+            &request(
+                "POST",
+                path,
+                b"destination=app",
+                &[("Content-Type", "application/x-www-form-urlencoded")],
+                true,
+            ),
+        );
+        assert_eq!(refused.status, 403, "{path}");
+    }
+    assert_eq!(
+        deliveries(&inbox.db_path())[0].state,
+        "dead",
+        "nothing was retried"
+    );
+    // The metrics families, per destination.
+    std::thread::sleep(Duration::from_millis(50));
+    let metrics = get("/metrics").body;
+    for needle in [
+        "stripe_inbox_forward_attempts_total{destination=\"app\",outcome=\"dead\"} 1",
+        "stripe_inbox_forward_attempt_seconds_count{destination=\"app\"} 1",
+        "stripe_inbox_forward_in_flight{destination=\"app\"} 0",
+    ] {
+        assert!(metrics.contains(needle), "{needle} in\n{metrics}");
+    }
 }

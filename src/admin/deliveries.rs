@@ -53,7 +53,7 @@ pub fn list(admin: &Admin, req: &Request, viewer: &Viewer) -> Result<Response> {
     let conn = admin.pool.get()?;
     let names: Vec<&str> = admin.forward.list.iter().map(|r| r.name.as_str()).collect();
     let counts = views::counts(&conn, &names)?;
-    let (rows, more) = views::list(&conn, &filter, PAGE)?;
+    let (rows, more) = views::list(&conn, &views::narrow(&filter, &counts), PAGE)?;
     drop(conn);
     let now = now_ms();
 

@@ -98,7 +98,7 @@ pub fn run(parser: lexopt::Parser) -> Result<()> {
         state,
         before,
     };
-    let (rows, more) = views::list(&conn, &filter, limit)?;
+    let (rows, more) = views::list(&conn, &views::narrow(&filter, &counts), limit)?;
     println!();
     if rows.is_empty() {
         println!("no deliveries match");

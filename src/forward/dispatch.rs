@@ -322,20 +322,18 @@ fn refresh_gauges(ctx: &Ctx, reader: &mut Option<Connection>) {
     }
     let Some(conn) = reader.as_ref() else { return };
     let route = ctx.route();
-    match views::counts(conn, &[&route.name]) {
-        Ok(list) => {
-            if let Some(c) = list.iter().find(|c| c.destination == route.name) {
-                let stats = &route.stats;
-                stats
-                    .pending
-                    .store(c.pending.max(0) as u64, Ordering::Relaxed);
-                stats
-                    .dead_rows
-                    .store(c.dead.max(0) as u64, Ordering::Relaxed);
-                stats
-                    .oldest_pending_ms
-                    .store(c.oldest_waiting_ms.unwrap_or(0), Ordering::Relaxed);
-            }
+    match views::counts_of(conn, &route.name) {
+        Ok(c) => {
+            let stats = &route.stats;
+            stats
+                .pending
+                .store(c.pending.max(0) as u64, Ordering::Relaxed);
+            stats
+                .dead_rows
+                .store(c.dead.max(0) as u64, Ordering::Relaxed);
+            stats
+                .oldest_pending_ms
+                .store(c.oldest_waiting_ms.unwrap_or(0), Ordering::Relaxed);
         }
         Err(e) => log::debug!("forward: gauges: {e}"),
     }

@@ -115,6 +115,27 @@ pub fn list(conn: &Connection, filter: &Filter, limit: usize) -> Result<(Vec<Row
     Ok((rows, more))
 }
 
+/// The same filter, with the destination filled in when the state is pending, in flight or dead
+/// and only one destination has rows in that state (as `counts` says): then the list is one range
+/// of `deliveries_state` instead of a sort of every row in that state.
+pub fn narrow(filter: &Filter, counts: &[Counts]) -> Filter {
+    let mut out = filter.clone();
+    if out.destination.is_some() {
+        return out;
+    }
+    let n = |c: &Counts| match filter.state {
+        Some(State::Pending) => c.pending,
+        Some(State::InFlight) => c.in_flight,
+        Some(State::Dead) => c.dead,
+        _ => 0,
+    };
+    let mut with = counts.iter().filter(|c| n(c) > 0);
+    if let (Some(only), None) = (with.next(), with.next()) {
+        out.destination = Some(only.destination.clone());
+    }
+    out
+}
+
 /// One event's deliveries, each with every attempt (oldest first).
 pub fn for_event(conn: &Connection, event_id: &str) -> Result<Vec<(Row, Vec<Attempt>)>> {
     let sql = |e| Error::sqlite(format!("read the deliveries of {event_id}"), e);
@@ -183,36 +204,38 @@ pub fn counts(conn: &Connection, also: &[&str]) -> Result<Vec<Counts>> {
             names.push(n);
         }
     }
-    let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        let count = |state: &str| -> Result<i64> {
-            conn.prepare_cached(&format!(
-                "SELECT COUNT(*) FROM deliveries WHERE state = '{state}' AND destination = ?1"
-            ))
-            .and_then(|mut s| s.query_row([&name], |r| r.get(0)))
-            .map_err(sql)
-        };
-        let oldest = |state: &str| -> Result<Option<i64>> {
-            conn.prepare_cached(&format!(
-                "SELECT MIN(created_at) FROM (SELECT created_at FROM deliveries
-                 WHERE state = '{state}' AND destination = ?1 ORDER BY id LIMIT 1)"
-            ))
-            .and_then(|mut s| s.query_row([&name], |r| r.get(0)))
-            .map_err(sql)
-        };
-        let oldest_waiting_ms = [oldest("pending")?, oldest("in_flight")?]
+    names.iter().map(|name| counts_of(conn, name)).collect()
+}
+
+/// One destination's counts: a few ranges of `deliveries_state`.
+pub fn counts_of(conn: &Connection, destination: &str) -> Result<Counts> {
+    let sql = |e| Error::sqlite(format!("count deliveries to {destination}"), e);
+    let count = |state: &str| -> Result<i64> {
+        conn.prepare_cached(&format!(
+            "SELECT COUNT(*) FROM deliveries WHERE state = '{state}' AND destination = ?1"
+        ))
+        .and_then(|mut s| s.query_row([destination], |r| r.get(0)))
+        .map_err(sql)
+    };
+    // The oldest row of a state is its first in id order (ids grow with arrival).
+    let oldest = |state: &str| -> Result<Option<i64>> {
+        conn.prepare_cached(&format!(
+            "SELECT MIN(created_at) FROM (SELECT created_at FROM deliveries
+             WHERE state = '{state}' AND destination = ?1 ORDER BY id LIMIT 1)"
+        ))
+        .and_then(|mut s| s.query_row([destination], |r| r.get(0)))
+        .map_err(sql)
+    };
+    Ok(Counts {
+        destination: destination.to_string(),
+        pending: count("pending")?,
+        in_flight: count("in_flight")?,
+        dead: count("dead")?,
+        oldest_waiting_ms: [oldest("pending")?, oldest("in_flight")?]
             .into_iter()
             .flatten()
-            .min();
-        out.push(Counts {
-            pending: count("pending")?,
-            in_flight: count("in_flight")?,
-            dead: count("dead")?,
-            oldest_waiting_ms,
-            destination: name,
-        });
-    }
-    Ok(out)
+            .min(),
+    })
 }
 
 #[cfg(test)]
@@ -274,6 +297,27 @@ mod tests {
             ..Filter::default()
         };
         assert!(list(&conn, &done, 50).unwrap().0.is_empty());
+
+        // Dead rows of one destination only: the list needs no sort.
+        let dead_any = Filter {
+            state: Some(State::Dead),
+            ..Filter::default()
+        };
+        let both = counts(&conn, &["app"]).unwrap();
+        assert_eq!(
+            narrow(&dead_any, &both).destination,
+            None,
+            "crm has dead rows too"
+        );
+        let app_only: Vec<Counts> = both
+            .into_iter()
+            .filter(|c| c.destination == "app")
+            .collect();
+        assert_eq!(
+            narrow(&dead_any, &app_only).destination.as_deref(),
+            Some("app")
+        );
+        assert_eq!(narrow(&done, &app_only).destination, None);
 
         let c = counts(&conn, &["app", "unused"]).unwrap();
         let app = c.iter().find(|c| c.destination == "app").unwrap();
