@@ -44,7 +44,7 @@ fn forwarded_in_order_per_object_exactly_as_stored_and_signed_for_the_app() {
     let app = App::start(always_ok());
     let inbox = inbox(&forward_block(
         &app.url(),
-        "settle_ms = 1500\nmax_in_flight = 4\ntimeout_secs = 5",
+        "settle_ms = 3000\nmax_in_flight = 4\ntimeout_secs = 5",
     ));
     let base = now_secs() - 60;
     // Three customers updated once a second, and a payment intent's three states in one second
@@ -86,7 +86,7 @@ fn forwarded_in_order_per_object_exactly_as_stored_and_signed_for_the_app() {
         assert_eq!(inbox.post_signed(body).status, 200);
     }
     assert!(
-        started.elapsed() < Duration::from_millis(1500),
+        started.elapsed() < Duration::from_millis(3000),
         "posting took longer than the settle window; the test proves nothing"
     );
     app.wait_until("every event", WAIT, |seen| seen.len() >= all.len());
@@ -121,10 +121,14 @@ fn forwarded_in_order_per_object_exactly_as_stored_and_signed_for_the_app() {
         "shuffled arrival made some events stale, and they were forwarded anyway (stale = forward)"
     );
     assert_all_verified(&seen);
+    // The app records a request before it answers; the outcome is committed after.
+    wait_for_deliveries(&inbox.db_path(), "every outcome", WAIT, |rows| {
+        rows.iter().all(|d| d.state == "done")
+    });
     let rows = deliveries(&inbox.db_path());
     assert!(rows
         .iter()
-        .all(|d| d.state == "done" && d.attempts == 1 && d.lease_owner.is_none()));
+        .all(|d| d.attempts == 1 && d.lease_owner.is_none()));
     assert_eq!(app.max_in_flight_per_object(), 1);
 }
 
@@ -626,9 +630,17 @@ fn the_admin_shows_deliveries_and_metrics_and_refuses_a_retry_without_its_csrf_t
         "dead",
         "nothing was retried"
     );
-    // The metrics families, per destination.
-    std::thread::sleep(Duration::from_millis(50));
-    let metrics = get("/metrics").body;
+    // The metrics families, per destination (the sender counts itself out just after the
+    // outcome is committed).
+    let deadline = Instant::now() + WAIT;
+    let metrics = loop {
+        let text = get("/metrics").body;
+        if text.contains("stripe_inbox_forward_in_flight{destination=\"app\"} 0") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     for needle in [
         "stripe_inbox_forward_attempts_total{destination=\"app\",outcome=\"dead\"} 1",
         "stripe_inbox_forward_attempt_seconds_count{destination=\"app\"} 1",
