@@ -228,3 +228,54 @@ CREATE INDEX events_type_seq ON events (type, seq);
 CREATE INDEX events_decision_seq ON events (decision, seq);
 CREATE INDEX events_received ON events (received_at, decision);
 CREATE INDEX objects_email ON objects (lower(json_extract(data, '$.email'))) WHERE type = 'customer';
+
+-- step 4: forwarding to the shop's app: deliveries, their lanes and leases, every attempt
+-- One row per (event, destination), made in the transaction that stores the event. A lane is what
+-- leaves one at a time and in order: the event's object, or the event itself when it names none.
+-- Within a lane rows leave in (k_created, k_tie, k_seq) order; `head` marks the lane's first
+-- pending or in-flight row, the only one a sender may claim. A claim sets the lease and moves
+-- next_attempt_at to the lease's expiry, so "due" is next_attempt_at <= now for a pending row and
+-- for one whose process died alike (src/forward/queue.rs, lease.rs).
+CREATE TABLE deliveries (
+    id               INTEGER PRIMARY KEY,
+    event_id         TEXT NOT NULL,               -- events.id
+    destination      TEXT NOT NULL,               -- the [[forward]] name
+    object_id        TEXT,                        -- the event's object; NULL when it names none
+    lane             TEXT NOT NULL,               -- object_id, or event_id when there is none
+    k_created        INTEGER NOT NULL,            -- event.created, unix seconds
+    k_tie            INTEGER NOT NULL DEFAULT 0,  -- the mirror's order within that second
+    k_seq            INTEGER NOT NULL,            -- events.seq: arrival
+    state            TEXT NOT NULL DEFAULT 'pending'
+                     CHECK (state IN ('pending', 'in_flight', 'done', 'dead')),
+    head             INTEGER NOT NULL DEFAULT 0 CHECK (head IN (0, 1)),
+    attempts         INTEGER NOT NULL DEFAULT 0,  -- attempts begun (counted when claimed)
+    created_at       INTEGER NOT NULL,            -- unix ms: when the event arrived
+    retry_from       INTEGER NOT NULL,            -- unix ms the retry budget counts from
+    next_attempt_at  INTEGER NOT NULL,            -- unix ms: settle, retry, or lease expiry
+    last_status      INTEGER,                     -- HTTP status of the last attempt (NULL: none)
+    last_error       TEXT,                        -- short reason of the last failure
+    lease_owner      TEXT,                        -- process and sender holding it in flight
+    lease_expires_at INTEGER,                     -- unix ms
+    delivered_at     INTEGER,                     -- unix ms the app's 2xx was committed
+    -- One row per (event, destination), keyed by the event's arrival number rather than its id:
+    -- it only grows, so this index is appended to instead of written at a random page per event.
+    UNIQUE (k_seq, destination)
+);
+-- A lane's waiting rows in order (the head, the tie order, a live lease in the lane).
+CREATE INDEX deliveries_lane ON deliveries (destination, lane, k_created, k_tie, k_seq)
+    WHERE state IN ('pending', 'in_flight');
+-- The heads by due time: a claim is a range of this, however large the table.
+CREATE INDEX deliveries_due ON deliveries (destination, next_attempt_at) WHERE head = 1;
+-- The admin's list (by state and destination, newest first) and the dashboard's counts.
+CREATE INDEX deliveries_state ON deliveries (state, destination, id);
+
+CREATE TABLE delivery_attempts (
+    delivery_id INTEGER NOT NULL,                 -- deliveries.id
+    attempt     INTEGER NOT NULL,                 -- 1, 2, ...
+    started_at  INTEGER NOT NULL,                 -- unix ms
+    latency_ms  INTEGER NOT NULL,
+    status      INTEGER,                          -- HTTP status; NULL when there was no answer
+    outcome     TEXT NOT NULL CHECK (outcome IN ('done', 'retry', 'dead')),
+    error       TEXT,                             -- short reason (never a secret)
+    PRIMARY KEY (delivery_id, attempt)
+) WITHOUT ROWID;

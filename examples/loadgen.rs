@@ -10,6 +10,12 @@
 //!     [--duration 10] [--rate EVENTS_PER_SEC] [--body-bytes 2000] [--keep DIR]
 //! ```
 //!
+//! With `--forward fast|slow|down` the server also forwards every event to a `[[forward]]`
+//! destination at its defaults (settle 2 s, 8 in flight): an app this process runs that answers
+//! 200 at once (`fast`; after the load, the run waits until the app has every event and prints the
+//! events/s forwarded), one that takes 500 ms per answer (`slow`), or a port nothing listens on
+//! (`down`); the ingest figures are then what the webhook path gives beside that destination.
+//!
 //! Without `--rate` every connection sends its next request as soon as the previous answer
 //! arrives (saturation, closed loop). With `--rate` the total rate is split over the connections
 //! and requests are scheduled at fixed intervals (open loop); latency is measured from the
@@ -51,7 +57,8 @@ const OBJECTS_PER_THREAD: u64 = 2000;
 
 const USAGE: &str = "\
 usage: loadgen [--bin PATH] [--connections N] [--duration SECS] [--rate EVENTS_PER_SEC]
-               [--body-bytes N] [--same-second N] [--keep DIR] [--server-log FILTER]
+               [--body-bytes N] [--same-second N] [--forward fast|slow|down] [--keep DIR]
+               [--server-log FILTER]
 
   --bin PATH          server binary (default: target/release/stripe-inbox; build it first)
   --connections N     client connections, one thread each (default 32)
@@ -61,6 +68,11 @@ usage: loadgen [--bin PATH] [--connections N] [--duration SECS] [--rate EVENTS_P
   --same-second N     events per object visit, all in one second with different data: N > 1
                       makes every visit an undecidable same-second tie, the mirror's worst
                       case (default 1: each event finds its object at an older second)
+  --forward MODE      also forward every event to a [[forward]] destination at its defaults:
+                      fast (an app here that answers 200 at once; the run then waits for it to
+                      have every event and prints the events/s forwarded), slow (500 ms per
+                      answer), down (nothing listens), or queue (rows only: settle_ms is an
+                      hour, nothing is sent during the run); default: no forwarding
   --keep DIR          keep the config, database and server logs in DIR (created; must not
                       exist or be empty) instead of a temporary directory that is removed
   --server-log FILTER RUST_LOG for the server (default warn,stripe_inbox::store::writer=info)
@@ -78,6 +90,18 @@ struct Args {
     body_bytes: usize,
     keep: Option<PathBuf>,
     server_log: String,
+    forward: Option<ForwardMode>,
+}
+
+/// What the forwarding destination of `--forward` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForwardMode {
+    Fast,
+    Slow,
+    Down,
+    /// Rows only: the destination settles for an hour, so nothing is sent during the run (what
+    /// queueing costs the event's transaction, apart from sending).
+    Queue,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -90,6 +114,7 @@ fn parse_args() -> Result<Args, String> {
         body_bytes: 2000,
         keep: None,
         server_log: DEFAULT_SERVER_LOG.to_string(),
+        forward: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -138,6 +163,20 @@ fn parse_args() -> Result<Args, String> {
             }
             "--keep" => args.keep = Some(PathBuf::from(value()?)),
             "--server-log" => args.server_log = value()?,
+            "--forward" => {
+                args.forward = match value()?.as_str() {
+                    "fast" => Some(ForwardMode::Fast),
+                    "slow" => Some(ForwardMode::Slow),
+                    "down" => Some(ForwardMode::Down),
+                    "queue" => Some(ForwardMode::Queue),
+                    "none" => None,
+                    other => {
+                        return Err(format!(
+                            "--forward {other:?}: expected fast, slow, down or queue"
+                        ))
+                    }
+                }
+            }
             _ => return Err(format!("unknown argument {arg:?}")),
         }
     }
@@ -914,7 +953,12 @@ struct Server {
 
 impl Server {
     /// Writes the config into `dir` and starts `bin serve --config ...`.
-    fn start(bin: &Path, dir: &WorkDir, args: &Args) -> Result<Server, String> {
+    fn start(
+        bin: &Path,
+        dir: &WorkDir,
+        args: &Args,
+        forward: Option<&ForwardApp>,
+    ) -> Result<Server, String> {
         // Free loopback ports: hold both at once so they differ, then let them go.
         let ports = (|| -> io::Result<_> {
             let a = TcpListener::bind("127.0.0.1:0")?;
@@ -928,7 +972,7 @@ impl Server {
              [database]\npath = {db}\n\n\
              [webhook]\nlisten = {webhook}\npath = {path}\nsecrets = [{secret}]\n\
              tolerance_secs = 300\nmax_body_bytes = {max_body}\nmax_connections = {max_conns}\n\n\
-             [admin]\nlisten = {admin}\n",
+             [admin]\nlisten = {admin}\n{forward}",
             db = toml_str(&dir.file(DB_FILE).to_string_lossy()),
             webhook = toml_str(&webhook.to_string()),
             path = toml_str(WEBHOOK_PATH),
@@ -936,6 +980,20 @@ impl Server {
             max_body = (args.body_bytes * 4).max(1 << 20),
             max_conns = (args.connections * 2).max(512),
             admin = toml_str(&admin.to_string()),
+            forward = forward
+                .map(|app| {
+                    format!(
+                        "\n[[forward]]\nname = \"bench\"\nurl = {}\nsecret = {}\n{}",
+                        toml_str(&app.url),
+                        toml_str(FORWARD_SECRET),
+                        if app.mode == ForwardMode::Queue {
+                            "settle_ms = 3600000\n"
+                        } else {
+                            ""
+                        }
+                    )
+                })
+                .unwrap_or_default(),
         );
         let config_path = dir.file(CONFIG_FILE);
         fs::write(&config_path, config)
@@ -1103,6 +1161,129 @@ fn count_event_rows(db: &Path) -> Result<u64, String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The forwarding destination (--forward)
+
+/// The secret of the `[[forward]]` block (the app does not verify: it only counts).
+const FORWARD_SECRET: &str = "whsec_loadgen_forward_destination";
+
+/// The app of `--forward`: counts what it gets, answers 200 at once or after 500 ms; or, `down`, a
+/// loopback port nothing listens on.
+struct ForwardApp {
+    mode: ForwardMode,
+    url: String,
+    _server: Option<stripe_inbox::http::Server>,
+    received: Arc<std::sync::atomic::AtomicU64>,
+    first_last: Arc<std::sync::Mutex<(Option<Instant>, Option<Instant>)>>,
+}
+
+impl ForwardApp {
+    fn start(mode: ForwardMode) -> Result<ForwardApp, String> {
+        use stripe_inbox::http::{Response, Server as HttpServer, ServerConfig};
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let first_last = Arc::new(std::sync::Mutex::new((None, None)));
+        if matches!(mode, ForwardMode::Down | ForwardMode::Queue) {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("cannot bind a loopback port: {e}"))?;
+            return Ok(ForwardApp {
+                mode,
+                url: format!("http://{port}/hook"),
+                _server: None,
+                received,
+                first_last,
+            });
+        }
+        let (count, times) = (received.clone(), first_last.clone());
+        let server = HttpServer::bind(
+            "127.0.0.1:0",
+            ServerConfig {
+                name: "forward-app",
+                max_connections: 256,
+                ..ServerConfig::default()
+            },
+            Arc::new(move |_req| {
+                if mode == ForwardMode::Slow {
+                    thread::sleep(Duration::from_millis(500));
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+                let now = Instant::now();
+                let mut t = times.lock().unwrap_or_else(|e| e.into_inner());
+                t.0.get_or_insert(now);
+                t.1 = Some(now);
+                Response::json(200, "{}")
+            }),
+        )
+        .map_err(|e| format!("start the forwarding app: {e}"))?;
+        Ok(ForwardApp {
+            mode,
+            url: format!("http://{}/hook", server.local_addr()),
+            _server: Some(server),
+            received,
+            first_last,
+        })
+    }
+
+    fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// The forwarding lines of the report (the server has stopped: the table is final).
+    fn report(&self, start: Instant, run_ended: Instant, db: &Path) -> String {
+        let received = self.received();
+        let (first, last) = *self.first_last.lock().unwrap_or_else(|e| e.into_inner());
+        let states = (|| -> Result<String, String> {
+            let conn = stripe_inbox::store::open_read_only(db).map_err(|e| e.to_string())?;
+            let mut stmt = conn
+                .prepare(
+                    "SELECT state, COUNT(*), SUM(attempts) FROM deliveries GROUP BY state ORDER BY state",
+                )
+                .map_err(|e| e.to_string())?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(format!(
+                        "{} {} ({} attempts)",
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?
+                    ))
+                })
+                .map_err(|e| e.to_string())?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|e| e.to_string())?;
+            Ok(rows.join(", "))
+        })()
+        .unwrap_or_else(|e| format!("cannot read deliveries: {e}"));
+        let mut o = String::new();
+        let mode = match self.mode {
+            ForwardMode::Fast => "fast app (200 at once)",
+            ForwardMode::Slow => "slow app (500 ms per answer)",
+            ForwardMode::Down => "down (nothing listens)",
+            ForwardMode::Queue => "rows only (settle_ms = 1 h: nothing sent)",
+        };
+        let _ = writeln!(o, "  {:<18}{mode}, {}", "forwarding to", self.url);
+        let _ = writeln!(o, "  {:<18}{received} requests answered", "app received");
+        if let (ForwardMode::Fast, Some(first), Some(last)) = (self.mode, first, last) {
+            let span = last.duration_since(first).as_secs_f64().max(1e-3);
+            let _ = writeln!(
+                o,
+                "  {:<18}{:.1} events/s (first to last delivery, {span:.2} s); the last one {:.2} s after the load ended (settle is 2 s)",
+                "forwarded",
+                received as f64 / span,
+                last.saturating_duration_since(run_ended).as_secs_f64()
+            );
+            let _ = writeln!(
+                o,
+                "  {:<18}{:.2} s after the load began",
+                "first delivery",
+                first.saturating_duration_since(start).as_secs_f64()
+            );
+        }
+        let _ = writeln!(o, "  {:<18}{states}", "deliveries");
+        o
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The run
 
 /// Sends one event and requires a 200: a wrong signature, path or config would otherwise fail
@@ -1209,6 +1390,7 @@ struct Report<'a> {
     db_rows: Result<u64, String>,
     exit: String,
     warn_lines: usize,
+    forward: Option<String>,
 }
 
 impl Report<'_> {
@@ -1360,6 +1542,9 @@ impl Report<'_> {
             "server warnings",
             format!("{} WARN/ERROR log lines", self.warn_lines),
         );
+        if let Some(f) = &self.forward {
+            o.push_str(f);
+        }
         format!("stripe-inbox load test\n{o}")
     }
 }
@@ -1367,7 +1552,11 @@ impl Report<'_> {
 /// Starts the server, drives it, stops it and prints the figures. `Ok(false)`: the run
 /// completed but was not clean (non-200 answers, errors or missing rows).
 fn run(args: &Args, bin: &Path, dir: &WorkDir) -> Result<bool, String> {
-    let mut server = Server::start(bin, dir, args)?;
+    let app = match args.forward {
+        Some(mode) => Some(ForwardApp::start(mode)?),
+        None => None,
+    };
+    let mut server = Server::start(bin, dir, args, app.as_ref())?;
     let ready_after = server.wait_ready()?;
     let run_tag = random_base62(6);
     let client_cfg = |start: Instant, end: Instant| ClientCfg {
@@ -1403,7 +1592,18 @@ fn run(args: &Args, bin: &Path, dir: &WorkDir) -> Result<bool, String> {
         eprintln!("loadgen: the server exited on its own during the run");
         print_server_log(&dir.file(STDERR_FILE));
     }
+    let run_ended = Instant::now();
+    // A fast app: wait until it has every stored event, to see the forwarding rate.
+    if let (Some(app), Ok(rows)) = (&app, count_event_rows(&dir.file(DB_FILE))) {
+        if app.mode == ForwardMode::Fast {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while app.received() < rows && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
     let exit = server.stop();
+    let forward = app.map(|app| app.report(start, run_ended, &dir.file(DB_FILE)));
 
     let log = fs::read_to_string(dir.file(STDERR_FILE)).unwrap_or_default();
     let report = Report {
@@ -1421,6 +1621,7 @@ fn run(args: &Args, bin: &Path, dir: &WorkDir) -> Result<bool, String> {
             .lines()
             .filter(|l| l.contains("WARN") || l.contains("ERROR"))
             .count(),
+        forward,
     };
     print!("{}", report.render());
     Ok(report.healthy())

@@ -1,5 +1,5 @@
 //! A lock-free histogram with fixed bucket bounds, and its Prometheus text form: what the writer
-//! records its commit latencies and batch sizes in (and, later, forwarding its attempt latencies).
+//! records its commit latencies and batch sizes in, and forwarding its attempt latencies.
 //! A leaf: it knows nothing of what it measures.
 
 use std::fmt::Write as _;
@@ -51,20 +51,42 @@ impl<const N: usize> Histogram<N> {
     /// 1e6 to turn microseconds into seconds).
     pub fn render(&self, out: &mut String, name: &str, help: &str, scale: f64) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_samples(out, name, scale, "");
+    }
+
+    /// The sample lines of [`Histogram::render`] without its `HELP`/`TYPE` header, each with
+    /// `labels` (`destination="app"`, or empty) beside `le`: for a family of several histograms.
+    pub fn render_samples(&self, out: &mut String, name: &str, scale: f64, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
         for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
             cumulative += bucket.load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
-                "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                "{name}_bucket{{{labels}{sep}le=\"{}\"}} {cumulative}",
                 *bound as f64 / scale
             );
         }
         cumulative += self.overflow.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum() as f64 / scale);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        );
+        let braces = |s: &str| {
+            if s.is_empty() {
+                String::new()
+            } else {
+                format!("{{{s}}}")
+            }
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{} {}",
+            braces(labels),
+            self.sum() as f64 / scale
+        );
         // The count is the +Inf bucket, so that the two always agree within one scrape.
-        let _ = writeln!(out, "{name}_count {cumulative}");
+        let _ = writeln!(out, "{name}_count{} {cumulative}", braces(labels));
     }
 }
 

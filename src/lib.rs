@@ -19,13 +19,18 @@
 //!                                                   read-write connection): group commit, one
 //!                                                   transaction, a savepoint per closure;
 //!                                                   ingest::store::store_event counts a duplicate
-//!                                                   or projects (mirror::apply) and inserts;
+//!                                                   or projects (mirror::apply), inserts, and
+//!                                                   queues a `deliveries` row per [[forward]]
+//!                                                   destination that wants it (forward::queue);
 //!                                                   COMMIT (WAL, synchronous=FULL)
 //!                      5. 200 after COMMIT ◀──────── the closure's value comes back
 //!                         503 + Retry-After when the writer cannot take it
 //! admin listener ─▶ admin::router: public routes, access, then a page (admin::dashboard, events,
 //!                   objects) given admin::context::Admin; reads through store::ReadPool
 //!                   (query_only); replay / rebuild are writer closures; /api/ ─▶ admin::api
+//! forward::Forwarder, per destination a dispatcher + max_in_flight senders: claim due lane heads
+//!                   under a lease (writer closure) ─▶ POST the stored bytes, signed for the app
+//!                   (ureq) ─▶ the outcome, releasing the lease (writer closure)
 //! store::Checkpointer: WAL checkpoints every 250 ms beside the writer (query_only connection)
 //! ops::retention::Scheduler: old bodies emptied daily, in small writer closures
 //! CLI (cli::run) ─▶ one file per subcommand; writes only under <db>.lock with a writer of its
@@ -64,6 +69,11 @@
 //! What uses the mirror and the store:
 //! - [`ingest`]: [`ingest::endpoint`] (the webhook route) and [`ingest::store::store_event`], the
 //!   one function that stores an event.
+//! - [`forward`]: forwarding to the shop's app (its module doc lists its files): `queue` makes the
+//!   `deliveries` rows in the event's transaction (through `ingest::store::Effects`) and keeps each
+//!   lane (object) in the mirror's order; `lease` claims due lane heads and writes outcomes as
+//!   writer closures; `sender` POSTs; `schedule` classifies answers and spaces retries; `dispatch`
+//!   runs the threads ([`forward::Forwarder`]); `redeliver`; `views` for the admin and the CLI.
 //! - [`admin`]: the admin listener (its module doc lists the pages).
 //! - [`ops`]: [`ops::backup`], [`ops::restore`] (sharing [`ops::copy`]), [`ops::retention`],
 //!   [`ops::export`]; each returns a report and never prints.
@@ -73,7 +83,8 @@
 //! - `testkit` (tests and the `testkit` feature only, never in the release binary): the event
 //!   streams of the mirror's property tests, and a temp dir removed on drop.
 //!
-//! Dependencies point one way: cli → service → ingest / admin / ops → mirror → store → leaves.
+//! Dependencies point one way: cli → service → ingest / admin / ops / forward → mirror → store →
+//! leaves (ingest and admin use forward; forward uses neither).
 //!
 //! ## Invariants
 //!
@@ -103,6 +114,10 @@
 //!   POST it takes carries a CSRF token; without a password it answers only on loopback.
 //! - Schema changes are appended as numbered steps to `schema.sql`, never edited; a database from a
 //!   newer build is refused.
+//! - A delivery to the app exists only for a stored event (one transaction; a repeated delivery
+//!   from Stripe makes none). Per (destination, object) at most one is in flight under a live lease,
+//!   and only the lane's head is claimed; a delivery is `done` only after the app's 2xx was
+//!   committed. Retention never empties the body of an event whose delivery is not `done`.
 
 #![forbid(unsafe_code)]
 
@@ -113,6 +128,7 @@ pub mod crypto;
 pub mod error;
 pub mod event;
 pub mod format;
+pub mod forward;
 pub mod histogram;
 pub mod http;
 pub mod ingest;

@@ -1,9 +1,11 @@
 //! `serve`: starting the whole service in order, and stopping it without losing what was answered.
 //!
-//! Start: read the secrets, take the database lock, open and migrate the writer connection (before
-//! any port is bound, so a bad database never accepts traffic), open the read pool, start the
-//! writer, then bind the webhook and admin listeners. Stop: stop accepting, let requests in flight
-//! finish and be answered, let the writer commit what is queued, close the database.
+//! Start: read the secrets (the webhook's and every forwarding destination's), take the database
+//! lock, open and migrate the writer connection (before any port is bound, so a bad database never
+//! accepts traffic), open the read pool, start the writer, bind the webhook and admin listeners,
+//! then start forwarding. Stop: stop accepting, let requests in flight finish and be answered, stop
+//! forwarding (no new claims; attempts under way finish and their outcomes are written), let the
+//! writer commit what is queued, close the database.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +17,7 @@ use crate::admin::auth::Auth;
 use crate::admin::context::Admin;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::forward::{self, Forwarder, Routes};
 use crate::http::{Server, ServerConfig};
 use crate::ingest::endpoint::{Counters, Endpoint};
 use crate::ingest::store::Effects;
@@ -36,6 +39,8 @@ pub struct Service {
     writer: Writer,
     checkpointer: Checkpointer,
     retention: Scheduler,
+    forwarder: Forwarder,
+    routes: Arc<Routes>,
     lock: Lock,
     database: PathBuf,
 }
@@ -45,6 +50,8 @@ impl Service {
     pub fn start(config: &Config) -> Result<Service> {
         let secrets = config.webhook_secrets()?;
         let admin_password = config.admin_password()?;
+        let routes = Arc::new(Routes::from_config(&config.forward));
+        let destinations = forward::dispatch::destinations(&config.forward, &config.file)?;
         let database = config.database.path.clone();
         let lock = Lock::acquire(&database)?;
         let conn = store::open_writer(&database)?;
@@ -72,7 +79,9 @@ impl Service {
             secrets,
             tolerance_secs: config.webhook.tolerance_secs as i64,
             writer: writer.handle(),
-            effects: Arc::new(Effects::default()),
+            effects: Arc::new(Effects {
+                forward: routes.clone(),
+            }),
             counters: counters.clone(),
         });
         let webhook_config = ServerConfig {
@@ -122,6 +131,7 @@ impl Service {
             counters,
             auth,
             database: database.clone(),
+            forward: routes.clone(),
         });
         let admin_config = ServerConfig {
             name: "admin",
@@ -161,6 +171,19 @@ impl Service {
                 return Err(e);
             }
         };
+        // Forwarding last: nothing after it can fail, and it needs the writer until it stops.
+        let forwarder =
+            match Forwarder::start(routes.clone(), destinations, writer.handle(), &database) {
+                Ok(forwarder) => forwarder,
+                Err(e) => {
+                    webhook.shutdown(Duration::from_secs(1));
+                    admin.shutdown(Duration::from_secs(1));
+                    retention.stop();
+                    checkpointer.stop();
+                    writer.stop();
+                    return Err(e);
+                }
+            };
         log::info!(
             "listening webhook=http://{}{} admin=http://{}/ database={} lock={}",
             webhook.local_addr(),
@@ -175,6 +198,8 @@ impl Service {
             writer,
             checkpointer,
             retention,
+            forwarder,
+            routes,
             lock,
             database,
         })
@@ -193,6 +218,11 @@ impl Service {
         self.writer.handle()
     }
 
+    /// The forwarding destinations (their counters, and the alarms that wake their dispatchers).
+    pub fn forward_routes(&self) -> Arc<Routes> {
+        self.routes.clone()
+    }
+
     /// Stops accepting, answers what is in flight, commits what is queued, closes the database.
     pub fn shutdown(self) {
         log::info!("shutting down: no new connections; finishing requests in flight");
@@ -203,6 +233,9 @@ impl Service {
         // The admin handler (and its read pool) went with the admin server; the writer commits
         // whatever is still queued, then its connection, the last one, closes and checkpoints.
         self.retention.stop();
+        // Forwarding before the writer: attempts under way finish (within their time limit) and
+        // their outcomes are committed by the writer below.
+        self.forwarder.stop();
         self.checkpointer.stop();
         self.writer.stop();
         log::info!("stopped database={}", self.database.display());

@@ -1,7 +1,8 @@
 //! The admin page in a real headless Chromium, driven over the W3C WebDriver protocol (spoken
 //! with `ureq` + `serde_json` to a `chromedriver` started on a free loopback port): log in, find an
-//! event by its object id, open it, replay it and see the result; check the layout on a laptop and
-//! a phone, that the stylesheet applies under the CSP, and that no page scrolls sideways.
+//! event by its object id, open it, replay it and see the result; find a dead delivery to the
+//! shop's app, retry it and see it done; check the layout on a laptop and a phone, that the
+//! stylesheet applies under the CSP, and that no page scrolls sideways.
 //!
 //! Skips, saying so loudly, only when `chromium` or `chromedriver` is not installed (`.ci/run`
 //! installs both). With `STRIPE_INBOX_SCREENSHOTS=DIR` it saves its screenshots there (that is
@@ -10,11 +11,13 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{self, TempDir, TestApp, ADMIN_PASSWORD, ADMIN_PASSWORD_ENV};
+use crate::support::{self, forward, TempDir, TestApp, ADMIN_PASSWORD, ADMIN_PASSWORD_ENV};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -277,14 +280,30 @@ fn admin_in_a_real_browser() {
         );
         return;
     };
-    // A shop's last two days, then the service with a password on top of it.
+    // A shop's last two days, then the service with a password on top of it, forwarding to a
+    // shop's app that refuses (400) until it is fixed.
     support::set_admin_password_env();
     let dir = TempDir::new("browser");
     support::prefill(&dir.path().join("inbox.db"), 2500, 120, 48);
-    let app = TestApp::start_in(dir, "", &format!("password_env = \"{ADMIN_PASSWORD_ENV}\""));
+    let refuse = Arc::new(AtomicBool::new(true));
+    let r = refuse.clone();
+    let shop = forward::App::start(Arc::new(move |_| {
+        forward::Answer::status(if r.load(Ordering::SeqCst) { 400 } else { 200 })
+    }));
+    let app = TestApp::start_in(
+        dir,
+        "",
+        &format!(
+            "password_env = \"{ADMIN_PASSWORD_ENV}\"\n\n{}",
+            forward::forward_block(&shop.url(), "settle_ms = 0")
+        ),
+    );
     let fresh = support::event("invoice.paid");
     let fresh_id = support::event_id(&fresh);
     assert_eq!(app.post_signed(&fresh).status, 200);
+    forward::wait_for_deliveries(&app.db_path(), "dead", Duration::from_secs(20), |rows| {
+        rows.iter().any(|d| d.state == "dead")
+    });
     let object = "in_1Pgc6tB7WZ01zgkWu9fdqL6I";
 
     let shots = std::env::var_os("STRIPE_INBOX_SCREENSHOTS").map(PathBuf::from);
@@ -345,6 +364,44 @@ fn admin_in_a_real_browser() {
         "{result}"
     );
 
+    // Deliveries: find the dead one, fix the app, retry it, see it done.
+    b.click_to("header nav a[href='/deliveries']", |u| {
+        u.ends_with("/deliveries")
+    });
+    assert_eq!(b.text("h1"), "Deliveries");
+    b.click_to("a[href='/deliveries?destination=app&state=dead']", |u| {
+        u.contains("state=dead")
+    });
+    let rows = b.script("return document.querySelectorAll('tbody tr').length");
+    assert_eq!(
+        rows, 2,
+        "the destination's counts and its one dead delivery"
+    );
+    assert!(b.text("main").contains(&fresh_id));
+    assert!(b.text("main").contains("HTTP 400"));
+    b.screenshot(&shot_dir.join("admin-deliveries.png"), 1280, false);
+    refuse.store(false, Ordering::SeqCst);
+    b.click_to("form[action$='/retry'] button", |u| {
+        u.contains("done=retried")
+    });
+    assert!(b.text("main p.warn").contains("Put back to pending"));
+    b.wait_until("the delivery done on the event page", || {
+        b.goto(&format!("{base}/events/{fresh_id}"));
+        b.script("return (document.querySelector('h3 .badge') || {}).textContent") == "done"
+    });
+    b.screenshot(&shot_dir.join("admin-event-forwarding.png"), 1280, true);
+    b.window(1280, 900);
+    let section = b.text("main");
+    assert!(section.contains("Forwarding"), "{section}");
+    assert!(
+        section.contains("400") && section.contains("dead"),
+        "attempt 1 is listed: {section}"
+    );
+    assert_eq!(
+        shop.seen().iter().map(|s| s.status).collect::<Vec<_>>(),
+        [400, 200]
+    );
+
     // The object page with its timeline.
     b.goto(&format!("{base}/objects/{object}"));
     assert!(b.text("h2").starts_with("Timeline"));
@@ -358,6 +415,7 @@ fn admin_in_a_real_browser() {
         &format!("/events/{fresh_id}"),
         "/objects",
         &format!("/objects/{object}"),
+        "/deliveries",
     ] {
         b.goto(&format!("{base}{page}"));
         let fits = b.script(

@@ -8,5 +8,6 @@ mod browser;
 mod cli;
 mod crash;
 mod deploy;
+mod forward;
 mod mirror;
 mod webhook;

@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::admin::api::Api;
 use crate::admin::auth::{Auth, Viewer};
 use crate::admin::html::{self, Frame};
+use crate::forward::Routes;
 use crate::http::Response;
 use crate::ingest::endpoint::Counters;
 use crate::store::writer::WriterHandle;
@@ -28,6 +29,8 @@ pub struct Admin {
     pub auth: Auth,
     /// The database file, for its size on the dashboard and in `/metrics`.
     pub database: PathBuf,
+    /// The forwarding destinations and their counters (Deliveries page, dashboard, `/metrics`).
+    pub forward: Arc<Routes>,
 }
 
 /// An HTML answer with the headers every page gets.

@@ -3,7 +3,8 @@
 //! Every figure comes from an index range or from memory, never from a scan of the whole table:
 //! counts over the last hour and day and the 48-hour chart read the `events_received` index
 //! (arrival time, decision), the total is the newest `seq`, uncertain objects come from a partial
-//! index, signature failures and the writer's figures are counters kept since start.
+//! index, signature failures and the writer's figures are counters kept since start; the
+//! forwarding cards (pending, in flight, dead, oldest waiting) are ranges of `deliveries_state`.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -156,6 +157,7 @@ pub fn page(admin: &Admin, viewer: &Viewer) -> Result<Response> {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .map_err(|e| Error::sqlite("dashboard: page counts", e))?;
+    let forwarding = crate::admin::deliveries::cards(&conn, &admin.forward, s.now_ms)?;
     drop(conn);
 
     let c = &admin.counters;
@@ -189,7 +191,7 @@ pub fn page(admin: &Admin, viewer: &Viewer) -> Result<Response> {
     }
 
     let (database, wal) = store::file_sizes(&admin.database);
-    let cards: Vec<(String, String, &str)> = vec![
+    let mut cards: Vec<(String, String, &str)> = vec![
         (
             html::thousands(s.last_hour),
             "events in the last hour".into(),
@@ -235,6 +237,7 @@ pub fn page(admin: &Admin, viewer: &Viewer) -> Result<Response> {
             "",
         ),
     ];
+    cards.extend(forwarding);
     body.push_str("<div class=\"cards\">");
     for (value, label, href) in &cards {
         if href.is_empty() {

@@ -1,6 +1,6 @@
 //! The events pages: `/events` (newest first, filtered, keyset-paginated; the search itself is
 //! [`crate::admin::event_search`]), `/events/{id}` (one event: delivery, what the mirror did and why,
-//! the body) and `POST /events/{id}/replay`.
+//! its forwarding to the app (`admin::deliveries`), the body) and `POST /events/{id}/replay`.
 
 use std::fmt::Write as _;
 
@@ -255,6 +255,16 @@ pub fn show(admin: &Admin, req: &Request, viewer: &Viewer, id: &str) -> Result<R
         Some(object) => crate::mirror::queries::object(&conn, object)?,
         None => None,
     };
+    let mut forwarding = String::new();
+    crate::admin::deliveries::event_section(
+        &mut forwarding,
+        &conn,
+        &admin.forward,
+        &d.row.id,
+        &d.row.event_type,
+        d.row.decision.as_deref(),
+        viewer,
+    )?;
     drop(conn);
     let form = Form::parse(&req.query);
     let r = &d.row;
@@ -396,6 +406,7 @@ pub fn show(admin: &Admin, req: &Request, viewer: &Viewer, id: &str) -> Result<R
             "<p class=\"muted\">A thin event: it names an object but carries no state.</p>",
         );
     }
+    body.push_str(&forwarding);
     let text = String::from_utf8_lossy(&d.body);
     let _ = write!(
         body,

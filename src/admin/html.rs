@@ -65,7 +65,7 @@ pub struct Frame<'a> {
     pub csrf: &'a str,
     /// Whether the viewer logged in (a logout button is shown) or the page is open (a warning).
     pub logged_in: bool,
-    /// Which navigation entry is highlighted: "dashboard", "events", "objects".
+    /// Which navigation entry is highlighted: "dashboard", "events", "objects", "deliveries".
     pub active: &'a str,
 }
 
@@ -85,6 +85,7 @@ pub fn page(title: &str, frame: &Frame, body: &str) -> String {
         ("dashboard", "/", "Dashboard"),
         ("events", "/events", "Events"),
         ("objects", "/objects", "Objects"),
+        ("deliveries", "/deliveries", "Deliveries"),
     ] {
         let class = if frame.active == key {
             " class=\"on\""

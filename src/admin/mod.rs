@@ -17,6 +17,7 @@ pub mod api;
 pub mod auth;
 pub mod context;
 pub mod dashboard;
+pub mod deliveries;
 pub mod event_search;
 pub mod events;
 pub mod form;

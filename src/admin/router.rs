@@ -13,8 +13,8 @@
 //! | `/api/...` (the read API, `api.rs`) | its own bearer token |
 //! | `GET /login`, `POST /login` | anyone (rate-limited, CSRF-checked) |
 //! | `POST /logout` | a session, with its CSRF token |
-//! | `GET /`, `/events`, `/events/{id}`, `/objects`, `/objects/{id}` | a session (or open mode) |
-//! | `POST /events/{id}/replay`, `POST /objects/{id}/rebuild` | the same, with the CSRF token |
+//! | `GET /`, `/events`, `/events/{id}`, `/objects`, `/objects/{id}`, `/deliveries` | a session (or open mode) |
+//! | `POST /events/{id}/replay`, `POST /objects/{id}/rebuild`, `POST /events/{id}/forward`, `POST /deliveries/{id}/retry`, `POST /deliveries/retry-dead` | the same, with the CSRF token |
 //!
 //! Every HTML answer carries a `Content-Security-Policy` that allows no script at all and styles
 //! only from `/admin.css`, `X-Frame-Options: DENY`, `Referrer-Policy: no-referrer`, `nosniff`, and
@@ -27,7 +27,7 @@ use std::time::Instant;
 use crate::admin::auth::{Access, Login, Viewer};
 use crate::admin::context::{page_response, redirect, Admin};
 use crate::admin::form::{decode_path, Form};
-use crate::admin::{dashboard, events, html, metrics, objects};
+use crate::admin::{dashboard, deliveries, events, html, metrics, objects};
 use crate::error::Result;
 use crate::http::{Request, Response};
 use crate::store;
@@ -113,16 +113,32 @@ impl Admin {
                 Ok(_) => events::replay(self, &decode_path(id))?,
                 Err(refused) => refused,
             },
+            ["events", id, "forward"] if post => match self.checked_form(req, viewer) {
+                Ok(form) => deliveries::forward_event(self, &decode_path(id), &form)?,
+                Err(refused) => refused,
+            },
+            ["deliveries"] if get => deliveries::list(self, req, viewer)?,
+            ["deliveries", "retry-dead"] if post => match self.checked_form(req, viewer) {
+                Ok(form) => deliveries::retry_dead(self, &form)?,
+                Err(refused) => refused,
+            },
+            ["deliveries", id, "retry"] if post => match self.checked_form(req, viewer) {
+                Ok(_) => deliveries::retry_one(self, id)?,
+                Err(refused) => refused,
+            },
             ["objects"] if get => objects::list(self, req, viewer)?,
             ["objects", id] if get => objects::show(self, req, viewer, &decode_path(id))?,
             ["objects", id, "rebuild"] if post => match self.checked_form(req, viewer) {
                 Ok(_) => objects::rebuild(self, &decode_path(id))?,
                 Err(refused) => refused,
             },
-            [] | [""] | ["events" | "objects"] | ["events" | "objects", _] => {
+            [] | [""] | ["events" | "objects" | "deliveries"] | ["events" | "objects", _] => {
                 Response::json_error(405, "method not allowed").with_header("Allow", "GET")
             }
-            ["logout"] | ["events" | "objects", _, "replay" | "rebuild"] => {
+            ["logout"]
+            | ["events" | "objects", _, "replay" | "rebuild" | "forward"]
+            | ["deliveries", "retry-dead"]
+            | ["deliveries", _, "retry"] => {
                 Response::json_error(405, "method not allowed").with_header("Allow", "POST")
             }
             _ => page_response(
@@ -234,11 +250,11 @@ impl Admin {
         };
         Response::new(200)
             .with_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            .with_body_text(&metrics::render(
-                &self.counters,
-                self.writer.stats(),
-                &gauges,
-            ))
+            .with_body_text(&{
+                let mut text = metrics::render(&self.counters, self.writer.stats(), &gauges);
+                metrics::render_forward(&mut text, &self.forward);
+                text
+            })
     }
 }
 

@@ -5,11 +5,13 @@
 
 mod backup;
 mod check;
+mod deliveries;
 mod export;
 mod object;
 pub mod options;
 pub mod progress;
 mod prune;
+mod redeliver;
 mod replay;
 mod restore;
 mod send_test_event;
@@ -36,6 +38,8 @@ commands:
   send-test-event   build a realistic event, sign it and POST it (a local `stripe trigger`)
   replay --rebuild  rebuild the whole mirror from the stored events
   object ID         show a mirrored object and every event that touched it, with decisions
+  deliveries        list the deliveries to the [[forward]] destinations (the shop's app)
+  redeliver ID      put one event's deliveries (or --dead: every dead one) back to pending
 
 Every command takes --config PATH (default: $STRIPE_INBOX_CONFIG, else ./stripe-inbox.toml)
 and --help. Logging: RUST_LOG=debug|info|warn (default info).
@@ -73,6 +77,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
         "send-test-event" => send_test_event::run(parser),
         "replay" => replay::run(parser),
         "object" => object::run(parser),
+        "deliveries" => deliveries::run(parser),
+        "redeliver" => redeliver::run(parser),
         "help" => {
             print!("{USAGE}");
             Ok(())
@@ -109,6 +115,12 @@ mod tests {
             &["export", "--since", "yesterday"],
             &["object"],
             &["object", "a", "b"],
+            &["deliveries", "--state", "lost"],
+            &["deliveries", "--limit", "0"],
+            &["deliveries", "extra"],
+            &["redeliver"],
+            &["redeliver", "evt_1", "--dead"],
+            &["redeliver", "a", "b"],
         ] {
             let err = run(args(list)).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{list:?}: {err}");
@@ -129,6 +141,8 @@ mod tests {
             &["export", "--help"],
             &["replay", "--help"],
             &["object", "--help"],
+            &["deliveries", "--help"],
+            &["redeliver", "--help"],
             &["help"],
         ] {
             run(args(list)).unwrap();

@@ -5,6 +5,8 @@
 //! how a shop ends up rejecting its own webhooks. Secrets are read from the environment variable
 //! the file names; they never need to be written into the file, and this module never logs them.
 
+pub mod forward;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,6 +34,8 @@ pub struct Config {
     pub webhook: Webhook,
     pub admin: Admin,
     pub api: Api,
+    /// `[[forward]]` blocks: where events are forwarded ([`forward::Forward`]). Defaults to none.
+    pub forward: Vec<forward::Forward>,
 }
 
 /// `[api]`: the read API on the admin listener.
@@ -132,6 +136,7 @@ impl Default for Config {
             webhook: Webhook::default(),
             admin: Admin::default(),
             api: Api::default(),
+            forward: Vec::new(),
         }
     }
 }
@@ -223,6 +228,7 @@ impl Config {
         if self.database.queue_capacity == 0 || self.database.max_batch == 0 {
             return Err("[database] queue_capacity and max_batch must be above 0".into());
         }
+        forward::validate(&self.forward)?;
         for (i, s) in self.webhook.secrets.iter().enumerate() {
             if s.trim() != s || s.is_empty() {
                 return Err(format!(
@@ -342,6 +348,10 @@ mod tests {
         assert!(!config.admin.cookie_secure);
         assert_eq!(config.database.checkpoint_interval_ms, 250);
         assert_eq!(config.retention.body_days, 0);
+        assert!(
+            config.forward.is_empty(),
+            "no forwarding unless a block is uncommented"
+        );
     }
 
     #[test]
@@ -351,7 +361,7 @@ mod tests {
         let text: String = include_str!("../../config.example.toml")
             .lines()
             .map(|l| {
-                if l.starts_with("# ") && l.contains(" = ") {
+                if l.starts_with("# ") && (l.contains(" = ") || l.starts_with("# [[")) {
                     &l[2..]
                 } else {
                     l
@@ -372,6 +382,17 @@ mod tests {
         );
         assert_eq!(config.retention.body_days, default.retention.body_days);
         assert_eq!(config.database.path, Path::new("stripe-inbox.db"));
+        // The [[forward]] block: every key it shows but the three it must fill in is at its default.
+        let shown = &config.forward[0];
+        assert_eq!(
+            *shown,
+            forward::Forward {
+                name: "app".into(),
+                url: "http://127.0.0.1:3000/stripe/webhook".into(),
+                secret_env: "APP_WEBHOOK_SECRET".into(),
+                ..forward::Forward::default()
+            }
+        );
     }
 
     #[test]

@@ -3,16 +3,21 @@
 //! the tests (on a locked writer connection), and the property tests of the mirror.
 //!
 //! In one transaction: a known id is a repeated delivery and only counts it; a new one is applied
-//! to the mirror and then inserted with the decision the mirror took. A projection that fails
+//! to the mirror, inserted with the decision the mirror took, and queued for forwarding to every
+//! destination that wants it (`Effects::forward`). A projection that fails
 //! (a bug, a body the rules choke on) is rolled back alone, and the event is stored anyway with
 //! decision `projection_failed`: the event is the ground truth and must never be lost for the
 //! mirror's sake. `retention` re-inserts pruned rows with a statement of its own, because it moves
 //! whole existing rows (rowid included) rather than storing new events.
 
+use std::sync::Arc;
+
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
 use crate::event::envelope::Envelope;
+use crate::forward::queue::{enqueue, NewEvent};
+use crate::forward::Routes;
 use crate::mirror::{self, Decision};
 use crate::store::writer::nested;
 
@@ -46,10 +51,13 @@ pub struct Ingest {
 
 /// What storing a new event also does in the same transaction, beyond the mirror. `serve` sets it
 /// up once from the config and hands it to every store; `Effects::default()` does nothing more,
-/// which is what the bulk fills and most tests want. (Forwarding's deliveries and the Stripe
-/// client's refetches hang off this.)
+/// which is what the bulk fills and most tests want. (The Stripe client's refetches hang off this
+/// too.)
 #[derive(Debug, Clone, Default)]
-pub struct Effects {}
+pub struct Effects {
+    /// Forwarding: a delivery row for each destination that wants the event (no routes: none).
+    pub forward: Arc<Routes>,
+}
 
 /// What storing an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +70,7 @@ pub enum Outcome {
 
 /// Stores one event on `conn`, which must be inside a transaction (a writer closure, or a bulk
 /// fill holding the database lock). See the module doc for what it does.
-pub fn store_event(conn: &Connection, event: &Ingest, _effects: &Effects) -> Result<Outcome> {
+pub fn store_event(conn: &Connection, event: &Ingest, effects: &Effects) -> Result<Outcome> {
     let env = &event.envelope;
 
     // A known id is a repeated delivery: count it, change nothing else.
@@ -130,6 +138,23 @@ pub fn store_event(conn: &Connection, event: &Ingest, _effects: &Effects) -> Res
         ])
     })
     .map_err(|e| Error::sqlite(format!("insert event {}", env.id), e))?;
+
+    // Queue its deliveries to the app(s), in the same transaction: no event without them.
+    if !effects.forward.is_empty() {
+        enqueue(
+            conn,
+            &effects.forward,
+            &NewEvent {
+                event_id: &env.id,
+                event_type: &env.event_type,
+                object_id: env.object_id.as_deref(),
+                created: env.created,
+                seq,
+                decision,
+                received_at_ms: event.received_at_ms,
+            },
+        )?;
+    }
     Ok(Outcome::Stored { seq, decision })
 }
 

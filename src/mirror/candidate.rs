@@ -48,13 +48,14 @@ impl Candidate<'_> {
 }
 
 /// Reads a stored event body as a tie candidate; `None` when it carries no state of the object.
+/// `otype` is the object type the ranks are taken for; `None` takes the event's own.
 pub(super) fn candidate_from_body(
     seq: i64,
     event_id: &str,
     event_type: &str,
     body: Vec<u8>,
     object_id: &str,
-    otype: &str,
+    otype: Option<&str>,
 ) -> Option<Candidate<'static>> {
     let mut envelope: Value = serde_json::from_slice(&body).ok()?;
     if envelope.get("object").and_then(Value::as_str) == Some("v2.core.event") {
@@ -79,7 +80,7 @@ pub(super) fn candidate_from_body(
         event_id: Some(event_id.to_owned()),
         seq,
         kind,
-        rank: Rank::of(otype, event_type, kind, &data),
+        rank: Rank::of(otype.unwrap_or(shape.otype), event_type, kind, &data),
         data: Cow::Owned(data),
         text: Text::Body(body),
         prev: prev.map(Cow::Owned),

@@ -69,6 +69,8 @@
 //! `(k_created, tie-break)`: `k_created` is the event's second; the tie-break is not a stored
 //! number but the decision above, re-run over the events of that second. `k_rank` (status rank of
 //! the stored data) and `k_seq` (arrival of the recorded event) are stored to explain a row.
+//! [`order_of_second`] gives the whole order of one object's second under these same rules (the
+//! winner last), for whoever replays events in order: forwarding sends them to the app so.
 //! A refetch (design.md rule 5, not written yet) will write `source = 'refetch'`,
 //! `k_created = <second the fetch began>`, `event_id = NULL`: every event of an older second is
 //! then stale, and an event of the same second meets the refetched state as an extra candidate
@@ -85,6 +87,7 @@ mod candidate;
 pub mod decision;
 mod json_span;
 mod lifecycle;
+pub mod order;
 pub mod project;
 pub mod queries;
 pub mod replay;
@@ -97,5 +100,6 @@ mod tests;
 
 pub use decision::{Decision, Outcome, TieRule};
 pub use json_span::data_object_raw;
+pub use order::{order_of_second, SecondEvent};
 pub use project::apply;
 pub use shape::{input, Input};

@@ -142,7 +142,7 @@ pub(super) fn load_group(
     }
     let mut out = Vec::with_capacity(rows.len());
     for (seq, id, event_type, body) in rows {
-        match candidate_from_body(seq, &id, &event_type, body, object_id, otype) {
+        match candidate_from_body(seq, &id, &event_type, body, object_id, Some(otype)) {
             Some(c) => out.push(c),
             None => log::debug!("project: tie skips event event_id={id} object_id={object_id}"),
         }

@@ -51,13 +51,16 @@ const BUSY_RETRY_FOR: Duration = Duration::from_secs(30);
 ///
 /// - The mirror: the event whose state an object holds now (its newest state), found through the
 ///   object's primary key, so no extra index is needed.
+/// - Forwarding: an event with a delivery that is not `done` (pending, in flight, or dead and so
+///   perhaps redelivered), found through the deliveries' `(k_seq, destination)` key (`k_seq` is
+///   the event's `seq`).
 ///
-/// Forwarding, when it comes, adds the events a pending delivery still has to send, e.g.
-/// `EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.state <> 'done')`.
 /// Each condition is checked both when a window is surveyed and inside the writer's transaction
 /// that prunes it.
-pub const PROTECTED: &[&str] =
-    &["EXISTS (SELECT 1 FROM objects o WHERE o.id = events.object_id AND o.event_id = events.id)"];
+pub const PROTECTED: &[&str] = &[
+    "EXISTS (SELECT 1 FROM objects o WHERE o.id = events.object_id AND o.event_id = events.id)",
+    "EXISTS (SELECT 1 FROM deliveries d WHERE d.k_seq = events.seq AND d.state <> 'done')",
+];
 
 /// What a pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod forward;
 pub mod process;
 pub mod tools;
 
