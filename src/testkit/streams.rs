@@ -255,11 +255,12 @@ pub fn deliver(
 
 /// The mirror as sorted text: every column that must converge whatever the delivery order
 /// (`first_seen`, `updated_at` and `k_seq` record arrival and are left out). One line per
-/// object: `id type k= rank= del= unc= ev= [live=1] [acct=] data` (newlines in data as `\\n`).
+/// object: `id type k= rank= del= unc= ev= [live=1] [acct=] [src=refetch|backfill] data` (newlines
+/// in data as `\\n`).
 pub fn dump(conn: &Connection) -> rusqlite::Result<String> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, type, k_created, k_rank, deleted, deleted_at, uncertain, event_id, livemode,
-                account, data
+                account, data, source
          FROM objects ORDER BY id",
     )?;
     let mut rows = stmt.query([])?;
@@ -283,10 +284,16 @@ pub fn dump(conn: &Connection) -> rusqlite::Result<String> {
         let acct = r
             .get::<_, Option<String>>(9)?
             .map_or_else(String::new, |a| format!(" acct={a}"));
+        let source: String = r.get(11)?;
+        let src = if source == "event" {
+            String::new()
+        } else {
+            format!(" src={source}")
+        };
         // Raw newlines are escaped so that each object stays on one line.
         let data = r.get::<_, String>(10)?.replace('\n', "\\n");
         out.push_str(&format!(
-            "{id} {otype} k={} rank={} del={del} unc={uncertain} ev={}{live}{acct} {data}\n",
+            "{id} {otype} k={} rank={} del={del} unc={uncertain} ev={}{live}{acct}{src} {data}\n",
             opt(r.get(2)?),
             opt(r.get(3)?),
             event_id.as_deref().unwrap_or("-"),
