@@ -81,6 +81,7 @@ impl Service {
             writer: writer.handle(),
             effects: Arc::new(Effects {
                 forward: routes.clone(),
+                refetch_uncertain: false,
             }),
             counters: counters.clone(),
         });

@@ -6,6 +6,7 @@
 //! the file names; they never need to be written into the file, and this module never logs them.
 
 pub mod forward;
+pub mod stripe;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ pub struct Config {
     pub api: Api,
     /// `[[forward]]` blocks: where events are forwarded ([`forward::Forward`]). Defaults to none.
     pub forward: Vec<forward::Forward>,
+    pub stripe: stripe::Stripe,
 }
 
 /// `[api]`: the read API on the admin listener.
@@ -137,6 +139,7 @@ impl Default for Config {
             admin: Admin::default(),
             api: Api::default(),
             forward: Vec::new(),
+            stripe: stripe::Stripe::default(),
         }
     }
 }
@@ -229,6 +232,7 @@ impl Config {
             return Err("[database] queue_capacity and max_batch must be above 0".into());
         }
         forward::validate(&self.forward)?;
+        self.stripe.validate()?;
         for (i, s) in self.webhook.secrets.iter().enumerate() {
             if s.trim() != s || s.is_empty() {
                 return Err(format!(
@@ -352,6 +356,30 @@ mod tests {
             config.forward.is_empty(),
             "no forwarding unless a block is uncommented"
         );
+        let stripe = &config.stripe;
+        let default = stripe::Stripe::default();
+        assert_eq!(
+            (
+                stripe.api_key_env.as_str(),
+                stripe.api_base.as_str(),
+                stripe.timeout_secs,
+                stripe.max_network_retries,
+                stripe.requests_per_sec,
+                stripe.refetch_uncertain,
+                stripe.reconcile_every.as_str(),
+                stripe.resync_every.as_str()
+            ),
+            (
+                default.api_key_env.as_str(),
+                default.api_base.as_str(),
+                default.timeout_secs,
+                default.max_network_retries,
+                default.requests_per_sec,
+                default.refetch_uncertain,
+                default.reconcile_every.as_str(),
+                default.resync_every.as_str()
+            )
+        );
     }
 
     #[test]
@@ -393,6 +421,11 @@ mod tests {
                 ..forward::Forward::default()
             }
         );
+        assert_eq!(
+            config.stripe.requests_per_sec,
+            default.stripe.requests_per_sec
+        );
+        assert_eq!(config.stripe.resync_every, default.stripe.resync_every);
     }
 
     #[test]

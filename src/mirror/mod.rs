@@ -79,7 +79,8 @@
 //! `applied`, `created_ignored`, `stale`, `unchanged` (same second, the state already mirrored),
 //! `tie_resolved:causal`, `tie_resolved:lifecycle`, `tie_resolved:last_arrival` (the rule that
 //! decided the second; the event may have won or lost, `objects.event_id` says which),
-//! `tombstoned` (a `*.deleted` of an object gone from Stripe), `deleted_ignored` (lost to a tombstone), `no_object`.
+//! `tombstoned` (a `*.deleted` of an object gone from Stripe), `deleted_ignored` (lost to a
+//! tombstone), `no_object`.
 //!
 //! # Ordering key
 //! `(k_created, tie-break)`: `k_created` is the event's second; the tie-break is not a stored
