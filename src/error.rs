@@ -107,7 +107,11 @@ impl fmt::Display for StripeError {
                 }
                 write!(f, ": {}", self.message)?;
             }
-            None => write!(f, "{}: no answer from stripe: {}", self.request, self.message)?,
+            None => write!(
+                f,
+                "{}: no answer from stripe: {}",
+                self.request, self.message
+            )?,
         }
         let mut notes = Vec::new();
         if let Some(id) = &self.request_id {

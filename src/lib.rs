@@ -137,6 +137,7 @@ pub mod ops;
 pub mod periodic;
 pub mod service;
 pub mod store;
+pub mod stripe_api;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod time;

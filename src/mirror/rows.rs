@@ -249,17 +249,22 @@ pub(super) fn fetched_candidate(
     second: i64,
     otype: &str,
 ) -> rusqlite::Result<Option<Candidate<'static>>> {
-    let row: Option<(i64, String, String, Option<String>, Option<bool>)> = conn
+    let row = conn
         .prepare_cached(
             "SELECT after_seq, via, data, account, livemode FROM fetched
              WHERE object_id = ?1 AND data IS NOT NULL
                AND began_ms >= ?2 * 1000 AND began_ms < (?2 + 1) * 1000",
         )?
         .query_row(params![object_id, second], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                (r.get::<_, Option<String>>(3)?, r.get::<_, Option<bool>>(4)?),
+            ))
         })
         .optional()?;
-    let Some((seq, via, text, account, livemode)) = row else {
+    let Some((seq, via, text, (account, livemode))) = row else {
         return Ok(None);
     };
     let Ok(data) = serde_json::from_str::<Value>(&text) else {

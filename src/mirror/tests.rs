@@ -582,11 +582,19 @@ fn rebuilding_with_fetched_states_gives_the_live_mirror() {
     let check = replay::verify_mirror(&conn).unwrap();
     assert_eq!(check.differing, Vec::<String>::new(), "{live}");
     replay::rebuild_all(&conn, 3, |_, _| {}).unwrap();
-    assert_eq!(streams::dump(&conn).unwrap(), live, "a rebuild gives the live mirror");
+    assert_eq!(
+        streams::dump(&conn).unwrap(),
+        live,
+        "a rebuild gives the live mirror"
+    );
     for id in ["cus_1", "cus_2", "cus_3"] {
         replay::rebuild_object(&conn, id).unwrap();
     }
-    assert_eq!(streams::dump(&conn).unwrap(), live, "and so does one object's");
+    assert_eq!(
+        streams::dump(&conn).unwrap(),
+        live,
+        "and so does one object's"
+    );
 }
 
 #[test]
@@ -1035,7 +1043,10 @@ fn missing_events_then_a_backfill_give_the_in_order_mirror() {
                 let known = queries::object(&conn, id).unwrap().is_some();
                 let object: Value = serde_json::from_str(data).unwrap();
                 let found = match deleted {
-                    false => fetched::Found::Object { raw: data, object: &object },
+                    false => fetched::Found::Object {
+                        raw: data,
+                        object: &object,
+                    },
                     true if known => fetched::Found::Gone,
                     true => continue,
                 };
@@ -1100,7 +1111,9 @@ fn missing_events_then_a_backfill_give_the_in_order_mirror() {
                 }
             }
             for (id, want) in &truth {
-                let got = end.get(id).unwrap_or_else(|| panic!("{}\n{id} missing", context()));
+                let got = end
+                    .get(id)
+                    .unwrap_or_else(|| panic!("{}\n{id} missing", context()));
                 // An object the backfill fetched is certain; the others converge as in order.
                 let fetched = backfilled.contains(&want.0.as_str()) && !want.1;
                 let want_uncertain = want.4 && !fetched;

@@ -165,9 +165,8 @@ pub(super) fn settle(
             .position(|s| s.members.iter().any(|&i| pick(i)))
     };
     let my_state = state_of(&|i| i == me);
-    let stored_state = state_of(&|i| {
-        cands[i].event_id == stored.event_id && (i != me || !newcomer_fetched)
-    });
+    let stored_state =
+        state_of(&|i| cands[i].event_id == stored.event_id && (i != me || !newcomer_fetched));
 
     // Record the winner, represented by its smallest event id so the row is order-independent.
     // `group_states` never makes an empty state, so `members[0]` exists.
