@@ -61,9 +61,9 @@ pub struct StripeApi {
     /// `[stripe] refetch_uncertain`: queue a refetch when a fetched state meets a same-second tie
     /// that falls to the last arrival.
     pub refetch_uncertain: bool,
-    /// Event type patterns the configured destinations forward (`payment_intent.*`), which the
-    /// webhook endpoint `connect` creates must also be subscribed to. Empty until forwarding
-    /// fills it (see `connect::enabled_events`).
+    /// Event type patterns the configured destinations forward (`[[forward]] events`,
+    /// `payment_intent.*`), which the webhook endpoint `connect` creates must also be subscribed
+    /// to (see `connect::enabled_events`).
     pub destination_patterns: Vec<String>,
     /// `[webhook] secrets_env`, for `connect`'s "where to put the secret".
     pub secrets_env: String,
@@ -90,7 +90,11 @@ impl StripeApi {
             database: config.database.path.clone(),
             effects,
             refetch_uncertain: config.stripe.refetch_uncertain,
-            destination_patterns: Vec::new(),
+            destination_patterns: config
+                .forward
+                .iter()
+                .flat_map(|f| f.events.iter().cloned())
+                .collect(),
             secrets_env: config.webhook.secrets_env.clone(),
             owner: format!(
                 "{}-{}",
