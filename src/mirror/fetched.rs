@@ -88,7 +88,7 @@ pub enum Outcome {
     /// An event newer than the fetch holds the object: the fetch changed nothing.
     Stale,
     /// An event of the same second competed; the rule that decided.
-    Tie(Option<TieRule>),
+    Tie(TieRule),
     /// The object is gone from Stripe: the row is (now) deleted.
     Gone,
     /// A newer fetch of the object was already recorded.
@@ -279,7 +279,8 @@ fn project(
                 second,
             };
             let settled = settle(conn, at, &stored, me, None, now_ms)?;
-            Ok(Outcome::Tie(settled.rule))
+            // No rule needed: one state of that second (a fetch of the same second replaced).
+            Ok(settled.rule.map_or(Outcome::Replaced, Outcome::Tie))
         }
         // Older, or a placeholder left by a delete stub.
         _ => {

@@ -503,7 +503,7 @@ fn an_event_of_the_fetch_second_meets_it_as_a_candidate() {
            2 customer.updated 100 {"id":"cus_1","object":"customer","name":"A"} {"name":null}"#,
         r#"cus_1 customer k=100 rank=- del=0 unc=1 ev=- src=refetch {"id":"cus_1","object":"customer","name":"C"}
            evt_1 applied
-           fetch@100 Tie(Some(LastArrival)) changed uncertain
+           fetch@100 Tie(LastArrival) changed uncertain
            evt_2 tie_resolved:last_arrival"#,
     );
     // Nothing orders them: the last arrival wins either way, flagged for another fetch.
@@ -520,7 +520,7 @@ fn an_event_of_the_fetch_second_meets_it_as_a_candidate() {
            fetch 100 {"id":"in_1","object":"invoice","status":"open"}"#,
         r#"in_1 invoice k=100 rank=3 del=0 unc=0 ev=evt_1 {"id":"in_1","object":"invoice","status":"paid"}
            evt_1 applied
-           fetch@100 Tie(Some(Lifecycle))"#,
+           fetch@100 Tie(Lifecycle)"#,
     );
 }
 

@@ -355,7 +355,7 @@ fn sweep(
                 "SELECT o.id FROM objects o LEFT JOIN fetched f ON f.object_id = o.id
                  WHERE o.type = ?1 AND o.deleted = 0 AND o.account IS NULL
                    AND (o.livemode IS NULL OR ?2 IS NULL OR o.livemode = ?2)
-                   AND (o.k_created IS NULL OR o.k_created < ?3 / 1000)
+                   AND (o.source <> 'event' OR o.k_created < ?3 / 1000)
                    AND (f.began_ms IS NULL OR f.began_ms < ?3)
                  ORDER BY o.id",
             )
