@@ -724,7 +724,10 @@ fn reconcile_stores_what_the_webhook_never_brought() {
         heads(streams::dump(&got).unwrap()),
         heads(streams::dump(&want).unwrap())
     );
-    assert_eq!(semantic(&got), semantic(&want));
+    assert_eq!(
+        streams::api_states(&got).unwrap(),
+        streams::api_states(&want).unwrap()
+    );
     assert_headers(&stub.requests());
     // The schedule's window: from the mark, minus the overlap.
     let before = stub.requests().len();
@@ -747,28 +750,6 @@ fn reconcile_stores_what_the_webhook_never_brought() {
     );
 }
 
-/// What must equal Stripe's API per object: type, deleted, data as JSON, uncertain.
-fn semantic(conn: &rusqlite::Connection) -> BTreeMap<String, (String, bool, Value, bool)> {
-    let mut stmt = conn
-        .prepare("SELECT id, type, deleted, data, uncertain FROM objects")
-        .unwrap();
-    let rows = stmt
-        .query_map([], |r| {
-            let data: String = r.get(3)?;
-            Ok((
-                r.get::<_, String>(0)?,
-                (
-                    r.get(1)?,
-                    r.get(2)?,
-                    serde_json::from_str(&data).unwrap(),
-                    r.get(4)?,
-                ),
-            ))
-        })
-        .unwrap();
-    rows.map(|r| r.unwrap()).collect()
-}
-
 #[test]
 fn missing_events_then_a_backfill_from_the_stub_give_the_in_order_mirror() {
     // Stripe's side knows the full history: the state in-order delivery gives.
@@ -777,20 +758,20 @@ fn missing_events_then_a_backfill_from_the_stub_give_the_in_order_mirror() {
     for (seq, e) in (1..).zip(all.iter().flat_map(|s| &s.events)) {
         streams::deliver(&truth_conn, e, seq * 1000).unwrap();
     }
-    let truth = semantic(&truth_conn);
+    let truth = streams::api_states(&truth_conn).unwrap();
     let mut objects: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     let mut gone = Vec::new();
-    for (id, (otype, deleted, data, _)) in &truth {
-        let Some(kind) = catalog::by_type(otype) else {
+    for (id, state) in &truth {
+        let Some(kind) = catalog::by_type(&state.object_type) else {
             continue;
         };
-        if *deleted {
+        if state.deleted {
             gone.push(id.clone());
         } else {
             objects
                 .entry(kind.collection.to_owned())
                 .or_default()
-                .push(data.clone());
+                .push(state.data.clone());
         }
     }
     for seed in [3u64, 11] {
@@ -848,21 +829,25 @@ fn missing_events_then_a_backfill_from_the_stub_give_the_in_order_mirror() {
                 })
                 .unwrap();
         }
-        let got = semantic(&store::open_read_only(&db).unwrap());
+        let got = streams::api_states(&store::open_read_only(&db).unwrap()).unwrap();
         for (id, want) in &truth {
             let fetched = catalog::backfilled()
                 .iter()
-                .any(|k| k.object_type == want.0)
-                && !want.1;
+                .any(|k| k.object_type == want.object_type)
+                && !want.deleted;
             let g = got
                 .get(id)
                 .unwrap_or_else(|| panic!("seed {seed}: {id} missing"));
-            assert_eq!(&g.0, &want.0, "seed {seed}: {id}");
-            assert_eq!(g.1, want.1, "seed {seed}: {id} deleted");
-            if !want.1 {
-                assert_eq!(&g.2, &want.2, "seed {seed}: {id} data");
+            assert_eq!(g.object_type, want.object_type, "seed {seed}: {id}");
+            assert_eq!(g.deleted, want.deleted, "seed {seed}: {id} deleted");
+            if !want.deleted {
+                assert_eq!(g.data, want.data, "seed {seed}: {id} data");
             }
-            assert_eq!(g.3, want.3 && !fetched, "seed {seed}: {id} uncertain");
+            assert_eq!(
+                g.uncertain,
+                want.uncertain && !fetched,
+                "seed {seed}: {id} uncertain"
+            );
         }
         assert_headers(&stub.requests());
     }

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::http::Response;
 use crate::mirror::fetched::{request_refetch, Reason, RefetchRequest};
 use crate::stripe_api::catalog;
-use crate::stripe_api::status::{self, Run};
+use crate::stripe_api::status::{self, ApiError, Run};
 use crate::time::{format_utc, now_ms};
 
 /// API errors the dashboard lists.
@@ -73,7 +73,7 @@ pub fn dashboard_section(conn: &Connection, enabled: bool) -> Result<String> {
             "<h2>Stripe API errors (last {})</h2><div class=\"scroll\"><table><thead><tr><th>When (UTC)</th><th>Request</th><th>Status</th><th>What Stripe said</th><th class=\"hide-s\">Request id</th></tr></thead><tbody>",
             s.errors.len()
         );
-        for e in &s.errors {
+        for ApiError { at, error: e } in &s.errors {
             let kind: Vec<&str> = [&e.error_type, &e.code]
                 .into_iter()
                 .filter_map(|v| v.as_deref())
@@ -81,7 +81,7 @@ pub fn dashboard_section(conn: &Connection, enabled: bool) -> Result<String> {
             let _ = write!(
                 body,
                 "<tr><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}{}</td><td class=\"mono hide-s\">{}</td></tr>",
-                html::time_cell(e.at.div_euclid(1000)),
+                html::time_cell(at.div_euclid(1000)),
                 esc(&e.request),
                 e.status.map_or_else(|| "no answer".to_owned(), |s| s.to_string()),
                 if kind.is_empty() {

@@ -235,6 +235,25 @@ mod tests {
         assert_eq!((last, source.as_str()), (2, "webhook"));
     }
 
+    /// Stores a `customer.updated` of the fixture customer at one second, with `name` and
+    /// (when `prev`) `previous_attributes` that follow no stored state.
+    fn store_edit(conn: &Connection, name: &str, prev: bool, at: i64, effects: &Effects) {
+        let mut event = testevent::build("customer.updated", 1_700_000_000).unwrap();
+        event["data"]["object"]["name"] = name.into();
+        if prev {
+            event["data"]["previous_attributes"] = serde_json::json!({"name": "Z"});
+        }
+        let body = serde_json::to_vec(&event).unwrap();
+        let ingest = Ingest {
+            envelope: envelope::parse(&body).unwrap(),
+            body,
+            secret_index: None,
+            received_at_ms: at,
+            source: Source::Reconcile,
+        };
+        store_event(conn, &ingest, effects).unwrap();
+    }
+
     #[test]
     fn an_uncertain_object_is_queued_for_a_refetch_once() {
         let conn = store::open_memory().unwrap();
@@ -244,18 +263,7 @@ mod tests {
         // Three edits of one customer in one second, none following another: each is decided by
         // arrival, and the three requests coalesce into one job, due after that second.
         for (i, name) in ["A", "B", "C"].into_iter().enumerate() {
-            let mut event = testevent::build("customer.updated", 1_700_000_000).unwrap();
-            event["data"]["object"]["name"] = name.into();
-            event["data"]["previous_attributes"] = serde_json::json!({"name": "Z"});
-            let body = serde_json::to_vec(&event).unwrap();
-            let ingest = Ingest {
-                envelope: envelope::parse(&body).unwrap(),
-                body,
-                secret_index: None,
-                received_at_ms: i as i64,
-                source: Source::Reconcile,
-            };
-            store_event(&conn, &ingest, &effects).unwrap();
+            store_edit(&conn, name, true, i as i64, &effects);
         }
         let jobs: Vec<(String, String, i64, i64)> = conn
             .prepare("SELECT object_id, reason, not_before, requests FROM refetch_jobs")
@@ -276,22 +284,23 @@ mod tests {
         // Without the effect, nothing is queued.
         let conn = store::open_memory().unwrap();
         for (i, name) in ["A", "B"].into_iter().enumerate() {
-            let mut event = testevent::build("customer.updated", 1_700_000_000).unwrap();
-            event["data"]["object"]["name"] = name.into();
-            let body = serde_json::to_vec(&event).unwrap();
-            let ingest = Ingest {
-                envelope: envelope::parse(&body).unwrap(),
-                body,
-                secret_index: None,
-                received_at_ms: i as i64,
-                source: Source::Webhook,
-            };
-            store_event(&conn, &ingest, &Effects::default()).unwrap();
+            store_edit(&conn, name, false, i as i64, &Effects::default());
         }
         let n: i64 = conn
             .query_row("SELECT COUNT(*) FROM refetch_jobs", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 0);
+        let decision: String = conn
+            .query_row(
+                "SELECT decision FROM events ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            decision, "tie_resolved:last_arrival",
+            "although it was uncertain"
+        );
     }
 
     #[test]

@@ -816,16 +816,19 @@ fn split_undecidable(dump: &str, stream: &Stream) -> (String, Vec<String>) {
     (kept, data)
 }
 
+/// A number from the environment variable `name`, else `default`: `PROJECT_SEED` replays a
+/// failure, `PROJECT_ROUNDS` makes a run longer.
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 #[test]
 fn any_order_with_duplicates_gives_the_in_order_mirror() {
-    let seed: u64 = std::env::var("PROJECT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_251_009);
-    let rounds: usize = std::env::var("PROJECT_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+    let seed = env_or("PROJECT_SEED", 20_251_009);
+    let rounds = env_or("PROJECT_ROUNDS", 1000) as usize;
     let conn = conn();
     let started = Instant::now();
     for (s, stream) in streams::all().iter().enumerate() {
@@ -962,46 +965,14 @@ fn random_histories_end_right_or_uncertain() {
     );
 }
 
-/// What must equal Stripe's API state, per object: type, deleted, data (as JSON), mode, account,
-/// uncertain.
-type Semantic = std::collections::BTreeMap<String, (String, bool, Value, Option<bool>, bool)>;
-
-fn semantic(conn: &Connection) -> Semantic {
-    let mut stmt = conn
-        .prepare("SELECT id, type, deleted, data, livemode, uncertain FROM objects")
-        .unwrap();
-    let rows = stmt
-        .query_map([], |r| {
-            let data: String = r.get(3)?;
-            Ok((
-                r.get::<_, String>(0)?,
-                (
-                    r.get(1)?,
-                    r.get(2)?,
-                    serde_json::from_str(&data).unwrap_or(Value::Null),
-                    r.get(4)?,
-                    r.get(5)?,
-                ),
-            ))
-        })
-        .unwrap();
-    rows.map(Result::unwrap).collect()
-}
-
 #[test]
 fn missing_events_then_a_backfill_give_the_in_order_mirror() {
     // Stripe's API knows the full history; the inbox got only some events. A backfill (every
     // object of a typed-view type, as its list endpoint returns it, and for mirrored objects the
     // lists left out, what their GET says: gone) must give the state in-order delivery gives, and
     // the late events arriving afterwards must not disturb it.
-    let seed: u64 = std::env::var("PROJECT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_251_009);
-    let rounds: usize = std::env::var("PROJECT_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .map_or(150, |r| r / 5);
+    let seed = env_or("PROJECT_SEED", 20_251_009);
+    let rounds = (env_or("PROJECT_ROUNDS", 750) / 5) as usize;
     let conn = conn();
     let backfilled: Vec<&str> = queries::TYPED_VIEWS.iter().map(|(t, _)| *t).collect();
     let began_ms = (streams::T + 365 * 86_400) * 1000;
@@ -1020,7 +991,7 @@ fn missing_events_then_a_backfill_give_the_in_order_mirror() {
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        let truth = semantic(&conn);
+        let truth = streams::api_states(&conn).unwrap();
         conn.execute_batch("ROLLBACK").unwrap();
         for round in 0..rounds {
             let case = seed ^ ((s as u64) << 48) ^ round as u64;
@@ -1061,7 +1032,7 @@ fn missing_events_then_a_backfill_give_the_in_order_mirror() {
                 };
                 fetched::apply_fetched(&conn, &f, 1).unwrap();
             }
-            let after_backfill = semantic(&conn);
+            let after_backfill = streams::api_states(&conn).unwrap();
             // The late events, in any order.
             let mut late = missing.clone();
             for i in (1..late.len()).rev() {
@@ -1070,7 +1041,7 @@ fn missing_events_then_a_backfill_give_the_in_order_mirror() {
             for (seq, &i) in (1000..).zip(&late) {
                 streams::deliver(&conn, &stream.events[i], seq * 1000).unwrap();
             }
-            let end = semantic(&conn);
+            let end = streams::api_states(&conn).unwrap();
             conn.execute_batch("ROLLBACK").unwrap();
 
             let ids = |list: &[usize]| -> String {
@@ -1088,23 +1059,27 @@ fn missing_events_then_a_backfill_give_the_in_order_mirror() {
                     ids(&missing)
                 )
             };
-            for (id, (otype, deleted, data, live, _)) in &truth {
-                if !backfilled.contains(&otype.as_str()) {
+            for (id, want) in &truth {
+                if !backfilled.contains(&want.object_type.as_str()) {
                     continue;
                 }
                 let got = after_backfill.get(id);
-                if *deleted {
+                if want.deleted {
                     // Lists leave deleted objects out: the mirror knows it is gone, or never
                     // heard of it.
                     assert!(
-                        got.is_none_or(|g| g.1),
+                        got.is_none_or(|g| g.deleted),
                         "{}\n{id} is deleted in Stripe, not in the mirror: {got:?}",
                         context()
                     );
                 } else {
+                    let certain = streams::ApiState {
+                        uncertain: false,
+                        ..want.clone()
+                    };
                     assert_eq!(
-                        got.map(|g| (&g.0, g.1, &g.2, g.3, g.4)),
-                        Some((otype, false, data, *live, false)),
+                        got,
+                        Some(&certain),
                         "{}\n{id} after the backfill",
                         context()
                     );
@@ -1115,14 +1090,12 @@ fn missing_events_then_a_backfill_give_the_in_order_mirror() {
                     .get(id)
                     .unwrap_or_else(|| panic!("{}\n{id} missing", context()));
                 // An object the backfill fetched is certain; the others converge as in order.
-                let fetched = backfilled.contains(&want.0.as_str()) && !want.1;
-                let want_uncertain = want.4 && !fetched;
-                assert_eq!(
-                    (&got.0, got.1, &got.2, got.3, got.4),
-                    (&want.0, want.1, &want.2, want.3, want_uncertain),
-                    "{}\n{id} after the late events",
-                    context()
-                );
+                let fetched = backfilled.contains(&want.object_type.as_str()) && !want.deleted;
+                let want = streams::ApiState {
+                    uncertain: want.uncertain && !fetched,
+                    ..want.clone()
+                };
+                assert_eq!(got, &want, "{}\n{id} after the late events", context());
             }
             assert_eq!(end.len(), truth.len(), "{}", context());
         }

@@ -1,5 +1,5 @@
 //! The client-side rate limit: one [`Limiter`] per process, shared by every caller through the one
-//! [`super::client::Client`] (`serve` makes one; a CLI command that works alone makes one), so that
+//! client (`serve` makes one; a CLI command that works alone makes one), so that
 //! backfill, reconcile and refetch together stay below `requests_per_sec`.
 //!
 //! It hands out evenly spaced slots (`1 / rate` apart). A rate-limited answer (429 without

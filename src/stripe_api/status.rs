@@ -4,7 +4,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StripeError};
 use crate::store::writer::WriterHandle;
 use crate::time::now_ms;
 
@@ -20,17 +20,12 @@ pub struct Run {
     pub summary: String,
 }
 
-/// One failed API call.
+/// One failed API call, as `stripe_errors` keeps it (without its attempts).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     /// Unix ms.
     pub at: i64,
-    pub request: String,
-    pub status: Option<u16>,
-    pub error_type: Option<String>,
-    pub code: Option<String>,
-    pub message: String,
-    pub request_id: Option<String>,
+    pub error: StripeError,
 }
 
 /// Everything the dashboard shows.
@@ -112,12 +107,15 @@ pub fn read(conn: &Connection, errors: usize) -> Result<Status> {
         .query_map([limit], |r| {
             Ok(ApiError {
                 at: r.get(0)?,
-                request: r.get(1)?,
-                status: r.get(2)?,
-                error_type: r.get(3)?,
-                code: r.get(4)?,
-                message: r.get(5)?,
-                request_id: r.get(6)?,
+                error: StripeError {
+                    request: r.get(1)?,
+                    status: r.get(2)?,
+                    error_type: r.get(3)?,
+                    code: r.get(4)?,
+                    message: r.get(5)?,
+                    request_id: r.get(6)?,
+                    attempts: 0,
+                },
             })
         })
         .map_err(sql("errors"))?

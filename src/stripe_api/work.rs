@@ -1,5 +1,5 @@
 //! What the CLI can ask for ([`Work`]) and what it gets back ([`Report`]), the same whether a
-//! running server does the work (over [`super::control`]) or the command does it alone: one
+//! running server does the work (over the control endpoint) or the command does it alone: one
 //! [`run`] for both, so the two paths cannot drift apart.
 
 use serde::{Deserialize, Serialize};

@@ -11,6 +11,8 @@
 //!
 //! It deliberately holds no assertions: the property and unit tests in `project.rs` do.
 
+use std::collections::BTreeMap;
+
 use rusqlite::Connection;
 use serde_json::{json, Map, Value};
 
@@ -300,6 +302,37 @@ pub fn dump(conn: &Connection) -> rusqlite::Result<String> {
         ));
     }
     Ok(out)
+}
+
+/// What a mirror equal to Stripe's API must agree on, per object: its data compared as JSON (the
+/// API and webhooks lay the same object out differently), not as text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiState {
+    pub object_type: String,
+    pub deleted: bool,
+    pub data: Value,
+    pub livemode: Option<bool>,
+    pub uncertain: bool,
+}
+
+/// Every mirrored object's [`ApiState`], by id.
+pub fn api_states(conn: &Connection) -> rusqlite::Result<BTreeMap<String, ApiState>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id, type, deleted, data, livemode, uncertain FROM objects")?;
+    let rows = stmt.query_map([], |r| {
+        let data: String = r.get(3)?;
+        Ok((
+            r.get::<_, String>(0)?,
+            ApiState {
+                object_type: r.get(1)?,
+                deleted: r.get(2)?,
+                data: serde_json::from_str(&data).unwrap_or(Value::Null),
+                livemode: r.get(4)?,
+                uncertain: r.get(5)?,
+            },
+        ))
+    })?;
+    rows.collect()
 }
 
 // ---------------------------------------------------------------------------------------------
