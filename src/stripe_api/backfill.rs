@@ -1,6 +1,7 @@
-//! `backfill`: every object of the types the mirror holds in full ([`catalog::backfilled`]), through
-//! Stripe's list endpoints, applied as fetched state (rule 5), so that the mirror equals what the
-//! API returns, also for objects whose last change sent no event (or whose event was lost).
+//! `backfill`: every object of the types the mirror holds in full
+//! ([`super::catalog::backfilled`]), through Stripe's list endpoints, applied as fetched state
+//! (rule 5), so that the mirror equals what the API returns, also for objects whose last change
+//! sent no event (or whose event was lost).
 //!
 //! Per type, in steps:
 //! 1. Read the type's cursor (`stripe_cursors`, `backfill:<type>`). A pass that was interrupted is

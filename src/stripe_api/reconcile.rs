@@ -10,7 +10,7 @@
 //!
 //! What `serve` covers on its own (once at start-up, then every `reconcile_every`): from the
 //! high-water mark (`stripe_cursors` `reconcile`: the second up to which the list was last read in
-//! full) or, before the first complete pass, from the newest stored event; minus [`OVERLAP`], for
+//! full) or, before the first complete pass, from the newest stored event; minus [`OVERLAP_SECS`], for
 //! events that become listable a moment after their `created`. A pass that reads its whole window
 //! and began at or before the mark moves the mark to the second it began.
 
