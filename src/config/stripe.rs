@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::time::parse_duration_ms;
 
 /// `[stripe]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Stripe {
     /// Environment variable holding the secret or restricted API key (`rk_...`, `sk_...`); unset or
