@@ -20,7 +20,8 @@ progress; otherwise it opens the database itself under the lock. Needs an API ke
 to Events (and to the objects, for refetches).
 
   --since AGE   events of the last AGE (72h, 7d; at most 30d). Default: since the last complete
-                reconcile, or the newest stored event, like the server's schedule
+                reconcile, or the newest stored event, like the server's schedule (on a database
+                with neither, nothing: it only notes that events are known from now on)
 ";
 
 pub fn run(parser: lexopt::Parser) -> Result<()> {

@@ -70,7 +70,8 @@ pub struct Fetched<'a> {
     pub object_type: &'a str,
     /// The Connect account it was fetched on (`Stripe-Account`), `None` for the platform.
     pub account: Option<&'a str>,
-    /// Test or live mode: the object's `livemode`, else the API key's mode.
+    /// Test or live mode of the API key it was fetched with, for objects without a `livemode` of
+    /// their own (refunds, subscription items); an object's own field wins.
     pub livemode: Option<bool>,
     /// Unix ms when the fetch began.
     pub began_ms: i64,

@@ -1106,3 +1106,86 @@ fn missing_events_then_a_backfill_give_the_in_order_mirror() {
         started.elapsed()
     );
 }
+
+#[test]
+fn schema_step_4_keeps_the_mirror_and_stops_deleting_canceled_subscriptions() {
+    // A database as step 3 left it: a canceled subscription marked deleted (the old rule 2) and a
+    // deleted customer, then the migration.
+    let dir = crate::testkit::TempDir::new("step4");
+    let path = dir.path().join("old.db");
+    let conn = crate::store::open_copy_target(&path).unwrap();
+    for (number, _, sql) in crate::store::steps().into_iter().filter(|s| s.0 <= 3) {
+        conn.execute_batch(sql).unwrap();
+        conn.pragma_update(None, "user_version", number).unwrap();
+    }
+    conn.execute_batch(
+        r#"INSERT INTO objects (id, type, data, k_created, source, event_id, deleted, deleted_at,
+                                first_seen, updated_at)
+           VALUES ('cus_gone', 'customer', '{"id":"cus_gone","email":"a@x"}', 5, 'event', 'evt_1', 1, 5, 1, 1),
+                  ('sub_1', 'subscription', '{"id":"sub_1","status":"canceled","customer":"cus_gone"}', 9, 'event', 'evt_2', 1, 9, 2, 2);"#,
+    )
+    .unwrap();
+    let rowids = |conn: &Connection| -> Vec<(i64, String)> {
+        conn.prepare("SELECT rowid, id FROM objects ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let before = rowids(&conn);
+    crate::store::migrate(&conn, &path).unwrap();
+    assert_eq!(rowids(&conn), before, "the same rows, the same rowids");
+    let q = |sql: &str| -> String {
+        conn.query_row(sql, [], |r| r.get::<_, rusqlite::types::Value>(0))
+            .map(|v| format!("{v:?}"))
+            .unwrap()
+    };
+    assert_eq!(
+        q("SELECT deleted || ' ' || status FROM subscriptions"),
+        "Text(\"0 canceled\")"
+    );
+    assert_eq!(
+        q("SELECT deleted_at IS NULL FROM objects WHERE id = 'sub_1'"),
+        "Integer(1)"
+    );
+    assert_eq!(
+        q("SELECT deleted || ' ' || email FROM customers"),
+        "Text(\"1 a@x\")"
+    );
+    // The indexes are back, the views read the new table, and 'backfill' is a source now.
+    assert_eq!(
+        q(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN
+           ('objects_type', 'objects_customer', 'objects_uncertain', 'objects_email')"
+        ),
+        "Integer(4)"
+    );
+    let plan: String = conn
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT status FROM subscriptions WHERE customer = 'cus_gone'",
+            [],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(plan.contains("objects_customer"), "{plan}");
+    conn.execute(
+        "UPDATE objects SET source = 'backfill' WHERE id = 'cus_gone'",
+        [],
+    )
+    .unwrap();
+    assert!(conn
+        .execute(
+            "UPDATE objects SET source = 'guess' WHERE id = 'cus_gone'",
+            []
+        )
+        .is_err());
+    assert_eq!(
+        crate::store::integrity_problems(&conn).unwrap(),
+        Vec::<String>::new()
+    );
+    let legacy: i64 = conn
+        .query_row("PRAGMA legacy_alter_table", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(legacy, 0, "the step turns legacy_alter_table off again");
+}
