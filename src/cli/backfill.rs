@@ -65,6 +65,10 @@ pub fn run(parser: lexopt::Parser) -> Result<()> {
         if !t.complete {
             notes.push("not finished");
         }
+        let failed = format!("{} Stripe would not show, see the log", t.failed);
+        if t.failed > 0 {
+            notes.push(&failed);
+        }
         println!(
             "{:<17} {:>9} fetched {:>7} changed {:>9} unchanged {:>6} swept ({} gone){}",
             t.object_type,

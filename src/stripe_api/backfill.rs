@@ -53,6 +53,8 @@ pub struct TypeReport {
     pub swept: u64,
     /// Of the swept, those gone from Stripe.
     pub gone: u64,
+    /// Of the swept, those Stripe refused to show (a 4xx other than 404): left as they were.
+    pub failed: u64,
     /// Pages requested in this run.
     pub pages: u64,
     /// This run went on from an interrupted pass.
@@ -220,6 +222,8 @@ fn backfill_type(
             other => other?,
         };
         report.pages += 1;
+        // An empty page that claims more would ask for the same page forever.
+        let page_was_empty = page.data.is_empty();
         position = page.data.last().and_then(|raw| object_id(raw)).or(position);
         let cursor = Cursor {
             name: name.clone(),
@@ -229,7 +233,7 @@ fn backfill_type(
         };
         counts = apply_page(api, kind, page.data, page.began_ms, cursor)?;
         progress.step(counts.fetched, 0);
-        if !page.has_more {
+        if !page.has_more || page_was_empty {
             break;
         }
     }
@@ -376,7 +380,19 @@ fn sweep(
         if stop.is_set() {
             break;
         }
-        let applied = fetch_one(api, id, kind, None, Via::Backfill)?;
+        let applied = match fetch_one(api, id, kind, None, Via::Backfill) {
+            Ok(applied) => applied,
+            // One object Stripe will not show is no reason to stop; no answer, a 429 or a 5xx is.
+            Err(Error::Stripe(e))
+                if e.status
+                    .is_some_and(|s| (400..500).contains(&s) && s != 429) =>
+            {
+                log::warn!("stripe: backfill {}: sweeping {id}: {e}", kind.object_type);
+                report.failed += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         report.swept += 1;
         if applied.outcome == Outcome::Gone {
             report.gone += 1;

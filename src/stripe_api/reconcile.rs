@@ -221,7 +221,8 @@ fn pass(
             *report.stored_by_type.entry(t).or_default() += 1;
         }
         progress.step(report.listed, 0);
-        if !page.has_more {
+        // An empty page that claims more would ask for the same page forever.
+        if !page.has_more || page.data.is_empty() {
             break;
         }
     }

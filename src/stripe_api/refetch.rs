@@ -150,22 +150,25 @@ pub fn work_queue(api: &StripeApi, limit: usize, stop: &Stop) -> Result<usize> {
             release(api, job)?;
             continue;
         }
-        let result =
-            match catalog::by_type(&job.object_type).or_else(|| catalog::by_id(&job.object_id)) {
-                Some(kind) => fetch_one(
-                    api,
-                    &job.object_id,
-                    kind,
-                    job.account.as_deref(),
-                    Via::Refetch,
-                ),
-                None => Err(Error::NotFound {
-                    what: format!(
-                        "refetch {}: no API path is known for objects of type {}",
-                        job.object_id, job.object_type
-                    ),
-                }),
-            };
+        let Some(kind) =
+            catalog::by_type(&job.object_type).or_else(|| catalog::by_id(&job.object_id))
+        else {
+            // Nothing to GET (a discount, a tax id): no retry can help.
+            log::info!(
+                "stripe: not refetching {}: no API path is known for objects of type {}",
+                job.object_id,
+                job.object_type
+            );
+            drop_job(api, job)?;
+            continue;
+        };
+        let result = fetch_one(
+            api,
+            &job.object_id,
+            kind,
+            job.account.as_deref(),
+            Via::Refetch,
+        );
         finish(api, job, result.as_ref().err())?;
     }
     Ok(jobs.len())
@@ -367,6 +370,20 @@ fn finish(api: &StripeApi, job: &Job, failure: Option<&Error>) -> Result<()> {
                 .map_err(what)?;
             }
         }
+        Ok(())
+    })
+}
+
+/// Deletes a taken job that cannot be done.
+fn drop_job(api: &StripeApi, job: &Job) -> Result<()> {
+    let owner = api.owner.clone();
+    let id = job.object_id.clone();
+    api.writer.run(move |conn| {
+        conn.execute(
+            "DELETE FROM refetch_jobs WHERE object_id = ?1 AND lease_owner = ?2",
+            rusqlite::params![id, owner],
+        )
+        .map_err(|e| Error::sqlite(format!("drop the refetch of {id}"), e))?;
         Ok(())
     })
 }
