@@ -1196,3 +1196,84 @@ fn serve_says_once_that_the_stripe_client_is_off() {
     assert_eq!(log.matches("stripe API off").count(), 1, "{log}");
     assert!(log.contains("STRIPE_API_KEY"), "{log}");
 }
+
+#[test]
+fn serve_reconciles_at_start_up_and_backfills_on_its_schedule() {
+    // Stripe has three events the inbox never got, newer than the one it has, and two customers.
+    let now = time::now_ms() / 1000;
+    let event = |n: usize, created: i64| {
+        let mut e = stripe_inbox::event::testevent::build("customer.updated", created).unwrap();
+        e["id"] = json!(format!("evt_missed{n}"));
+        e["data"]["object"] = one_customer(&format!("cus_missed{n}"), "Missed");
+        e
+    };
+    let stub = Stub::start(Account {
+        events: (1..=3)
+            .rev()
+            .map(|n| event(n, now - 600 + n as i64))
+            .collect(),
+        objects: BTreeMap::from([("customers".into(), customers(2, now - 7200))]),
+        ..Account::default()
+    });
+    let s = setup(&stub, "");
+    let db = s.config.database.path.clone();
+    {
+        let conn = store::open_writer(&db).unwrap();
+        let body = serde_json::to_vec(&event(0, now - 3600)).unwrap();
+        let ingest = Ingest {
+            envelope: envelope::parse(&body).unwrap(),
+            body,
+            secret_index: Some(0),
+            received_at_ms: time::now_ms(),
+            source: Source::Webhook,
+        };
+        store_event(&conn, &ingest, &Effects::default()).unwrap();
+    }
+    let mut config = s.config.clone();
+    config.stripe.reconcile_every = "1h".into();
+    config.stripe.resync_every = "24h".into();
+    let service = Service::start(&config).unwrap();
+    wait_until("the start-up reconcile and the first backfill", || {
+        count(
+            &db,
+            "SELECT COUNT(*) FROM events WHERE source = 'reconcile'",
+        ) == 3
+            && count(
+                &db,
+                "SELECT COUNT(*) FROM objects WHERE source = 'backfill'",
+            ) == 2
+    });
+    service.shutdown();
+    // The reconcile covered the time since the newest stored event, with the overlap.
+    let asked: i64 = stub
+        .requests()
+        .iter()
+        .find(|r| r.path == "/v1/events")
+        .and_then(|r| r.param("created[gte]").map(|v| v.parse().unwrap()))
+        .unwrap();
+    assert_eq!(asked, now - 3600 - reconcile::OVERLAP_SECS);
+    let summary: String = store::open_read_only(&db)
+        .unwrap()
+        .query_row(
+            "SELECT summary FROM stripe_runs WHERE kind = 'reconcile'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(summary.contains("3 missing and now stored"), "{summary}");
+    // A restart within the day does not backfill again.
+    let before = stub
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/customers")
+        .count();
+    let service = Service::start(&config).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    service.shutdown();
+    let after = stub
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/customers")
+        .count();
+    assert_eq!(before, after, "the last backfill is less than 24h old");
+}
