@@ -1166,9 +1166,11 @@ fn serve_says_once_that_the_stripe_client_is_off() {
         .spawn()
         .unwrap();
     let addr: std::net::SocketAddr = admin.parse().unwrap();
-    wait_until("serve", || std::net::TcpStream::connect(addr).is_ok());
-    // The control endpoint says why it cannot help.
     let db = dir.path().join("inbox.db");
+    wait_until("serve", || {
+        std::net::TcpStream::connect(addr).is_ok() && db.with_file_name("inbox.db.control").exists()
+    });
+    // The control endpoint says why it cannot help.
     let file: Value = serde_json::from_str(
         &std::fs::read_to_string(db.with_file_name("inbox.db.control")).unwrap(),
     )

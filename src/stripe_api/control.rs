@@ -42,6 +42,8 @@ use crate::store;
 const JOBS_KEPT: usize = 16;
 /// How often the CLI asks.
 pub const POLL: Duration = Duration::from_millis(200);
+/// How long the CLI waits for the control file of a server that is starting.
+const STARTING: Duration = Duration::from_secs(3);
 
 /// `<database>.control` (through symlinks, like the lock).
 pub fn control_path(database: &Path) -> PathBuf {
@@ -379,6 +381,11 @@ impl Remote {
     /// Reads the control file of the server holding `database`.
     pub fn find(database: &Path, holder: &str) -> Result<Remote> {
         let path = control_path(database);
+        // A server writes the file just after it takes the lock and binds its listeners.
+        let deadline = std::time::Instant::now() + STARTING;
+        while !path.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -406,6 +413,21 @@ impl Remote {
             what: format!("read {}", path.display()),
             err: e,
         })?;
+        // A file left by a server that crashed belongs to no one who holds the lock now.
+        let holder_pid = holder
+            .strip_prefix("stripe-inbox pid ")
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        if holder_pid.is_some_and(|pid| pid != file.pid) {
+            return Err(Error::refused(
+                format!(
+                    "the database {} is held by {holder}, which has no control endpoint ({} was left by process {}): another command is running",
+                    database.display(),
+                    path.display(),
+                    file.pid
+                ),
+                "wait for that command to finish",
+            ));
+        }
         let loopback = file
             .url
             .strip_prefix("http://")
