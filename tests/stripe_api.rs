@@ -90,6 +90,7 @@ impl Alone {
             writer.handle(),
             Arc::new(Effects {
                 refetch_uncertain: true,
+                ..Effects::default()
             }),
         );
         Alone {

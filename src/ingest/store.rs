@@ -259,6 +259,7 @@ mod tests {
         let conn = store::open_memory().unwrap();
         let effects = Effects {
             refetch_uncertain: true,
+            ..Effects::default()
         };
         // Three edits of one customer in one second, none following another: each is decided by
         // arrival, and the three requests coalesce into one job, due after that second.
