@@ -21,7 +21,8 @@
 //!                                                   ingest::store::store_event counts a duplicate
 //!                                                   or projects (mirror::apply), inserts, and
 //!                                                   queues a `deliveries` row per [[forward]]
-//!                                                   destination that wants it (forward::queue);
+//!                                                   destination that wants it (forward::queue)
+//!                                                   and a refetch of an object left uncertain;
 //!                                                   COMMIT (WAL, synchronous=FULL)
 //!                      5. 200 after COMMIT ◀──────── the closure's value comes back
 //!                         503 + Retry-After when the writer cannot take it
