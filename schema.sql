@@ -279,3 +279,128 @@ CREATE TABLE delivery_attempts (
     error       TEXT,                             -- short reason (never a secret)
     PRIMARY KEY (delivery_id, attempt)
 ) WITHOUT ROWID;
+
+-- step 5: the Stripe API client: fetched states, the refetch queue, cursors, connect, API runs
+-- Where an object's state came from gains 'backfill' (listed by `stripe-inbox backfill`) beside
+-- 'event' and 'refetch' (one GET of the object). SQLite cannot change a CHECK constraint, so
+-- `objects` is rebuilt the way SQLite documents it (create, copy with the rowids, drop, rename);
+-- legacy_alter_table keeps the rename from touching the typed views, which name the table and so
+-- point at the new one. The indexes go with the old table and are made again.
+-- In the same copy `customer.subscription.deleted` stops being a delete (design.md rule 2): Stripe
+-- keeps a canceled subscription retrievable, so the row holds its final `canceled` state with
+-- deleted = 0 (the typed view `subscriptions` keeps its `deleted` column, now always 0). Stripe's
+-- API cannot delete a subscription, so every deleted subscription row came from that event. The
+-- event still wins its second as before (mirror/mod.rs), so this copy equals a rebuild and no
+-- `replay --rebuild` is needed; `check` compares the mirror with a rebuild all the same. The
+-- decisions recorded for earlier customer.subscription.deleted events keep reading `tombstoned`
+-- (what was done when they arrived) until a rebuild records them again.
+PRAGMA legacy_alter_table = ON;
+CREATE TABLE objects_new (
+    id          TEXT PRIMARY KEY,
+    type        TEXT NOT NULL,
+    account     TEXT,
+    livemode    INTEGER CHECK (livemode IN (0, 1)),
+    data        TEXT NOT NULL,                 -- exact JSON text of the winning event's data.object, or of the fetched object
+    -- k_created: event.created second, or the second the fetch began (source refetch/backfill).
+    k_created   INTEGER,
+    k_rank      INTEGER,
+    k_seq       INTEGER,                       -- events.seq of event_id; for a fetched state, MAX(events.seq) when it was fetched
+    source      TEXT NOT NULL DEFAULT 'event' CHECK (source IN ('event', 'refetch', 'backfill')),
+    event_id    TEXT,                          -- NULL for a fetched state
+    deleted     INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1)),  -- sticky: gone from Stripe (a delete event, or a GET said so)
+    deleted_at  INTEGER,                       -- newest second a delete was seen
+    uncertain   INTEGER NOT NULL DEFAULT 0 CHECK (uncertain IN (0, 1)),
+    first_seen  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+INSERT INTO objects_new (rowid, id, type, account, livemode, data, k_created, k_rank, k_seq, source,
+                         event_id, deleted, deleted_at, uncertain, first_seen, updated_at)
+SELECT rowid, id, type, account, livemode, data, k_created, k_rank, k_seq, source, event_id,
+       CASE WHEN type = 'subscription' THEN 0 ELSE deleted END,
+       CASE WHEN type = 'subscription' THEN NULL ELSE deleted_at END,
+       uncertain, first_seen, updated_at
+FROM objects;
+DROP TABLE objects;
+ALTER TABLE objects_new RENAME TO objects;
+PRAGMA legacy_alter_table = OFF;
+CREATE INDEX objects_type ON objects (type);
+CREATE INDEX objects_customer ON objects (json_extract(data, '$.customer'));
+CREATE INDEX objects_uncertain ON objects (uncertain) WHERE uncertain = 1;
+CREATE INDEX objects_email ON objects (lower(json_extract(data, '$.email'))) WHERE type = 'customer';
+
+-- What Stripe's API returned for an object (design.md rule 5): ground truth beside `events`, so that
+-- `replay --rebuild` and `check` re-apply it. One row per object with the newest fetch that returned
+-- it and the newest fetch that found it gone; an older fetch can never win over a newer one.
+CREATE TABLE fetched (
+    object_id   TEXT PRIMARY KEY,
+    type        TEXT NOT NULL,
+    account     TEXT,                          -- the Connect account it was fetched on (Stripe-Account)
+    livemode    INTEGER CHECK (livemode IN (0, 1)),
+    began_ms    INTEGER,                       -- unix ms the newest fetch that returned it began
+    after_seq   INTEGER,                       -- MAX(events.seq) then: its place in arrival order
+    via         TEXT CHECK (via IN ('refetch', 'backfill')),
+    data        TEXT,                          -- the object's JSON as returned (NULL: never returned)
+    gone_ms     INTEGER,                       -- unix ms the newest fetch that found it gone began
+    gone_via    TEXT CHECK (gone_via IN ('refetch', 'backfill'))
+);
+
+-- Objects to GET again. One row per object: a burst of requests for one object is one fetch, and a
+-- lease (owner, expiry) keeps a second fetch from starting while one is in flight.
+CREATE TABLE refetch_jobs (
+    object_id    TEXT PRIMARY KEY,
+    type         TEXT NOT NULL,
+    account      TEXT,
+    reason       TEXT NOT NULL,                -- uncertain | operator | sweep
+    requested_at INTEGER NOT NULL,             -- unix ms of the newest request
+    not_before   INTEGER NOT NULL,             -- unix ms; after an uncertain second, the next second
+    lease_owner  TEXT,
+    lease_until  INTEGER,                      -- unix ms; an expired lease may be taken over
+    requests     INTEGER NOT NULL DEFAULT 1,   -- requests coalesced into this job
+    claimed      INTEGER,                      -- `requests` when the lease was taken: one more runs it again
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT
+);
+CREATE INDEX refetch_jobs_due ON refetch_jobs (not_before);
+
+-- Where the Stripe client stands: `backfill:<type>` (a pass under way: the last id listed, when the
+-- pass began, its counts so far) and `reconcile` (the high-water mark: /v1/events was read in full up
+-- to `mark`, unix seconds).
+CREATE TABLE stripe_cursors (
+    name        TEXT PRIMARY KEY,
+    position    TEXT,                          -- backfill: the starting_after id (NULL: from the start)
+    mark        INTEGER,                       -- backfill: unix ms the pass began; reconcile: unix seconds
+    counts      TEXT,                          -- backfill: the pass's counts so far, JSON
+    done        INTEGER NOT NULL DEFAULT 0 CHECK (done IN (0, 1)),
+    updated_at  INTEGER NOT NULL
+);
+
+-- `stripe-inbox connect`: the one write the inbox makes in Stripe. The idempotency key is stored
+-- here before the first attempt, so a request whose answer was lost is sent again with the same key
+-- (and Stripe replays the answer, signing secret included) instead of creating a second endpoint.
+CREATE TABLE connect_requests (
+    url             TEXT PRIMARY KEY,
+    idempotency_key TEXT NOT NULL,
+    params          TEXT NOT NULL,             -- the form sent: a changed request gets a new key
+    created_at      INTEGER NOT NULL,          -- unix ms; Stripe forgets keys after 24 h
+    endpoint_id     TEXT,                      -- we_..., once Stripe answered 2xx
+    outcome         TEXT                       -- NULL while no answer is known; 'created', or Stripe's error
+);
+
+-- The last backfill and reconcile (for the dashboard), and the last API errors (at most 100).
+CREATE TABLE stripe_runs (
+    kind        TEXT PRIMARY KEY,              -- backfill | reconcile
+    started_at  INTEGER NOT NULL,              -- unix ms
+    finished_at INTEGER,
+    ok          INTEGER CHECK (ok IN (0, 1)),
+    summary     TEXT NOT NULL                  -- one line: what it found, or why it failed
+);
+CREATE TABLE stripe_errors (
+    id          INTEGER PRIMARY KEY,
+    at          INTEGER NOT NULL,              -- unix ms
+    request     TEXT NOT NULL,                 -- GET /v1/customers/cus_...
+    status      INTEGER,                       -- NULL: no answer (connection failed, timed out)
+    type        TEXT,
+    code        TEXT,
+    message     TEXT NOT NULL,
+    request_id  TEXT
+);

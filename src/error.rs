@@ -62,6 +62,69 @@ pub enum Error {
     },
     /// `check` found problems; each is one line.
     Problems(Vec<String>),
+    /// Stripe's API answered a request with an error, or gave no answer through every retry
+    /// (`status` is `None`). Carries what Stripe said; never the API key.
+    Stripe(Box<StripeError>),
+}
+
+/// What a failed call to Stripe's API said (see [`Error::Stripe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripeError {
+    /// Method and path, without the query: `GET /v1/customers/cus_123`.
+    pub request: String,
+    /// The HTTP status of the last answer; `None` when no answer came (connection, timeout).
+    pub status: Option<u16>,
+    /// `error.type`: `invalid_request_error`, `api_error`, `idempotency_error`, `card_error`.
+    pub error_type: Option<String>,
+    /// `error.code`: `resource_missing`, `lock_timeout`, `idempotency_key_in_use`, ...
+    pub code: Option<String>,
+    /// `error.message`, or what went wrong without an answer.
+    pub message: String,
+    /// Stripe's `Request-Id` header, for Stripe's support.
+    pub request_id: Option<String>,
+    /// How many times the request was sent.
+    pub attempts: u32,
+}
+
+impl StripeError {
+    /// The answer was `status` with error code `code`.
+    pub fn is(&self, status: u16, code: &str) -> bool {
+        self.status == Some(status) && self.code.as_deref() == Some(code)
+    }
+}
+
+impl fmt::Display for StripeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.status {
+            Some(status) => {
+                write!(f, "{}: stripe answered {status}", self.request)?;
+                let kind: Vec<&str> = [&self.error_type, &self.code]
+                    .into_iter()
+                    .filter_map(|v| v.as_deref())
+                    .collect();
+                if !kind.is_empty() {
+                    write!(f, " {}", kind.join("/"))?;
+                }
+                write!(f, ": {}", self.message)?;
+            }
+            None => write!(
+                f,
+                "{}: no answer from stripe: {}",
+                self.request, self.message
+            )?,
+        }
+        let mut notes = Vec::new();
+        if let Some(id) = &self.request_id {
+            notes.push(format!("request {id}"));
+        }
+        if self.attempts > 1 {
+            notes.push(format!("{} attempts", self.attempts));
+        }
+        if !notes.is_empty() {
+            write!(f, " ({})", notes.join(", "))?;
+        }
+        Ok(())
+    }
 }
 
 impl Error {
@@ -150,6 +213,7 @@ impl fmt::Display for Error {
             Error::Crypto(msg) => write!(f, "{msg}"),
             Error::Http { what, msg } => write!(f, "{what}: {msg}"),
             Error::Json { what, err } => write!(f, "{what}: {err}"),
+            Error::Stripe(e) => write!(f, "{e}"),
             Error::Problems(problems) => write!(
                 f,
                 "check found {} problem(s): {}",

@@ -21,7 +21,8 @@
 //!                                                   ingest::store::store_event counts a duplicate
 //!                                                   or projects (mirror::apply), inserts, and
 //!                                                   queues a `deliveries` row per [[forward]]
-//!                                                   destination that wants it (forward::queue);
+//!                                                   destination that wants it (forward::queue)
+//!                                                   and a refetch of an object left uncertain;
 //!                                                   COMMIT (WAL, synchronous=FULL)
 //!                      5. 200 after COMMIT ◀──────── the closure's value comes back
 //!                         503 + Retry-After when the writer cannot take it
@@ -33,8 +34,13 @@
 //!                   (ureq) ─▶ the outcome, releasing the lease (writer closure)
 //! store::Checkpointer: WAL checkpoints every 250 ms beside the writer (query_only connection)
 //! ops::retention::Scheduler: old bodies emptied daily, in small writer closures
+//! stripe_api (with an API key): schedule (refetch worker, reconcile, resync) ─▶ client (ureq,
+//!                   retries, shared rate limit) ─▶ Stripe; answers applied as fetched state
+//!                   (mirror::fetched) or stored events (store_event) in writer closures;
+//!                   /control/ on the admin listener takes work from the CLI
 //! CLI (cli::run) ─▶ one file per subcommand; writes only under <db>.lock with a writer of its
-//!                   own (replay --rebuild, prune, restore, check's migration)
+//!                   own (replay --rebuild, prune, restore, check's migration); backfill,
+//!                   reconcile, refetch and connect hand their work to a running server instead
 //! ```
 //!
 //! ## Code map (in reading order)
@@ -62,7 +68,8 @@
 //! The mirror:
 //! - [`mirror`]: the projection rules (its module doc is the spec): [`mirror::apply`] for one
 //!   event, the [`mirror::Decision`] it records, same-second ties (`ties.rs`, over the candidates
-//!   of `candidate.rs`, ranked by `lifecycle.rs`), the SQL (`rows.rs`), [`mirror::replay`]
+//!   of `candidate.rs`, ranked by `lifecycle.rs`), the SQL (`rows.rs`), state fetched from
+//!   Stripe's API and the refetch queue ([`mirror::fetched`], rule 5), [`mirror::replay`]
 //!   (re-derive one event, one object or everything; verify), and [`mirror::queries`], the reads
 //!   the admin, the API and the CLI share.
 //!
@@ -77,14 +84,20 @@
 //! - [`admin`]: the admin listener (its module doc lists the pages).
 //! - [`ops`]: [`ops::backup`], [`ops::restore`] (sharing [`ops::copy`]), [`ops::retention`],
 //!   [`ops::export`]; each returns a report and never prints.
+//! - [`stripe_api`]: calls to Stripe's API: the client ([`stripe_api::client`], with
+//!   [`stripe_api::retry`] and the shared [`stripe_api::limiter`]), [`stripe_api::backfill`],
+//!   [`stripe_api::reconcile`], [`stripe_api::refetch`], [`stripe_api::connect`], the control
+//!   endpoint a CLI command hands its work to ([`stripe_api::control`], [`stripe_api::work`]), what
+//!   `serve` runs on a schedule ([`stripe_api::schedule`]); each returns a report and never prints.
 //! - [`service`]: [`service::Service`] starts the parts in order and stops them without loss.
 //! - [`cli`]: argv → one subcommand file each, [`cli::options`] (the one parser),
 //!   [`cli::progress`] (the one progress bar).
 //! - `testkit` (tests and the `testkit` feature only, never in the release binary): the event
 //!   streams of the mirror's property tests, and a temp dir removed on drop.
 //!
-//! Dependencies point one way: cli → service → ingest / admin / ops / forward → mirror → store →
-//! leaves (ingest and admin use forward; forward uses neither).
+//! Dependencies point one way: cli → service → ingest / admin / ops / forward / stripe_api → mirror
+//! → store → leaves (ingest and admin use forward; forward uses neither; stripe_api uses ingest's
+//! store path and ops' progress; admin shows stripe_api's status).
 //!
 //! ## Invariants
 //!
@@ -94,7 +107,9 @@
 //!   SQLite refuses that to a read-only-opened connection); `serve` holds `<db>.lock` so a second
 //!   server refuses to start. A command writes only while it holds that lock (`replay --rebuild`,
 //!   `check`'s migration and mirror comparison, `restore`, `prune`); `backup` and `export` only
-//!   read.
+//!   read. `backfill`, `reconcile`, `refetch` and `connect` hand their work to the server holding
+//!   the lock (over `/control/` with the token of `<db>.control`, mode 0600, loopback only), or
+//!   take the lock themselves.
 //! - Every new event enters the database through [`ingest::store::store_event`]; retention's
 //!   re-insert of a pruned row (`ops::retention`) is the one other statement that adds an `events`
 //!   row, and it moves an existing row rather than storing an event.
@@ -104,10 +119,14 @@
 //! - `events` is ground truth: the raw body bytes exactly as received, one row per event id;
 //!   repeated deliveries only increment `deliveries`. Pruned events keep their row with an empty
 //!   `body`; a real body is never empty.
-//! - `objects` is derived state: `replay --rebuild` re-creates it from `events`, and the projection
-//!   converges to the same mirror for any delivery order and duplicates (the property test, which
-//!   goes through `store_event`). A projection error never loses an event: it is stored with
-//!   decision `projection_failed`.
+//! - `objects` is derived state: `replay --rebuild` re-creates it from `events` and `fetched`
+//!   (what Stripe's API returned, ground truth too), and the projection converges to the same
+//!   mirror for any delivery order and duplicates (the property tests, which go through
+//!   `store_event`; one also drops events and backfills). A projection error never loses an event:
+//!   it is stored with decision `projection_failed`.
+//! - Requests to Stripe go only to `[stripe] api_base` (no redirects, no proxy from the
+//!   environment); a POST carries one idempotency key for all its retries, a GET never one; no
+//!   error or log line carries the API key.
 //! - `event`, `mirror`'s rules, `admin::html`, `admin::form`, `format` and `time` (but for
 //!   [`time::now_ms`]) are pure: no I/O, the clock is passed in.
 //! - The admin never writes except through the writer; every value it shows is HTML-escaped; every
@@ -137,6 +156,7 @@ pub mod ops;
 pub mod periodic;
 pub mod service;
 pub mod store;
+pub mod stripe_api;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod time;

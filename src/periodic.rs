@@ -32,7 +32,9 @@ impl Stop {
         *guard
     }
 
-    fn set(&self) {
+    /// Sets the flag and wakes every waiter (for work that is not run by a [`Periodic`], such as a
+    /// job a running server does for a CLI command).
+    pub fn set(&self) {
         *self.set.lock().expect("stop flag poisoned") = true;
         self.wake.notify_all();
     }

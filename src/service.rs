@@ -2,9 +2,12 @@
 //!
 //! Start: read the secrets (the webhook's and every forwarding destination's), take the database
 //! lock, open and migrate the writer connection (before any port is bound, so a bad database never
-//! accepts traffic), open the read pool, start the writer, bind the webhook and admin listeners,
-//! then start forwarding. Stop: stop accepting, let requests in flight finish and be answered, stop
-//! forwarding (no new claims; attempts under way finish and their outcomes are written), let the
+//! accepts traffic), open the read pool, start the writer, bind the webhook and admin listeners (the
+//! admin listener also answers the Stripe client's control endpoint, whose token file is written
+//! once it is bound), then start retention, the Stripe client's schedules (with an API key: the
+//! refetch worker, reconcile, resync) and forwarding. Stop: stop accepting, let requests in flight
+//! finish and be answered, stop the Stripe client's work, stop forwarding (no new claims; attempts
+//! under way finish and their outcomes are written), let the
 //! writer commit what is queued, close the database.
 
 use std::net::SocketAddr;
@@ -24,6 +27,9 @@ use crate::ingest::store::Effects;
 use crate::ops::retention::Scheduler;
 use crate::store::writer::{Writer, WriterConfig};
 use crate::store::{self, Checkpointer, Lock};
+use crate::stripe_api::control::Control;
+use crate::stripe_api::schedule::Schedules;
+use crate::stripe_api::StripeApi;
 
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -41,8 +47,27 @@ pub struct Service {
     retention: Scheduler,
     forwarder: Forwarder,
     routes: Arc<Routes>,
+    stripe: StripeParts,
     lock: Lock,
     database: PathBuf,
+}
+
+/// The Stripe client's parts of a running service.
+struct StripeParts {
+    api: Option<Arc<StripeApi>>,
+    control: Arc<Control>,
+    control_file: PathBuf,
+    schedules: Schedules,
+}
+
+/// What storing a new event also does, from the config and the forwarding routes: the same for
+/// the webhook, for events `reconcile` stores, and for a CLI command that stores them alone (its
+/// deliveries wait for the server's forwarder).
+pub fn effects(config: &Config, forward: Arc<Routes>) -> Effects {
+    Effects {
+        forward,
+        refetch_uncertain: config.stripe.refetch_uncertain && config.stripe.api_key().is_some(),
+    }
 }
 
 impl Service {
@@ -73,15 +98,22 @@ impl Service {
             Duration::from_millis(config.database.checkpoint_interval_ms),
         )?;
         let counters = Arc::new(Counters::default());
+        let effects = Arc::new(effects(config, routes.clone()));
+        let (stripe_api, control) = match stripe_parts(config, &writer, &effects) {
+            Ok(parts) => parts,
+            Err(e) => {
+                checkpointer.stop();
+                writer.stop();
+                return Err(e);
+            }
+        };
 
         let endpoint = Arc::new(Endpoint {
             path: config.webhook.path.clone(),
             secrets,
             tolerance_secs: config.webhook.tolerance_secs as i64,
             writer: writer.handle(),
-            effects: Arc::new(Effects {
-                forward: routes.clone(),
-            }),
+            effects,
             counters: counters.clone(),
         });
         let webhook_config = ServerConfig {
@@ -132,6 +164,7 @@ impl Service {
             auth,
             database: database.clone(),
             forward: routes.clone(),
+            refetch: stripe_api.is_some(),
         });
         let admin_config = ServerConfig {
             name: "admin",
@@ -139,10 +172,14 @@ impl Service {
             max_connections: 64,
             ..ServerConfig::default()
         };
+        let control_routes = control.clone();
         let admin = match Server::bind(
             &config.admin.listen,
             admin_config,
-            Arc::new(move |req| admin_state.handle(req)),
+            Arc::new(move |req| match control_routes.handle(&req) {
+                Some(response) => response,
+                None => admin_state.handle(req),
+            }),
         ) {
             Ok(server) => server,
             Err(e) => {
@@ -153,6 +190,16 @@ impl Service {
                     format!("listen on {} (admin)", config.admin.listen),
                     e,
                 ));
+            }
+        };
+        let control_file = match control.write_file(&database, admin.local_addr()) {
+            Ok(path) => path,
+            Err(e) => {
+                webhook.shutdown(Duration::from_secs(1));
+                admin.shutdown(Duration::from_secs(1));
+                checkpointer.stop();
+                writer.stop();
+                return Err(e);
             }
         };
         let retention = match Scheduler::start(
@@ -166,6 +213,23 @@ impl Service {
             Err(e) => {
                 webhook.shutdown(Duration::from_secs(1));
                 admin.shutdown(Duration::from_secs(1));
+                let _ = std::fs::remove_file(&control_file);
+                checkpointer.stop();
+                writer.stop();
+                return Err(e);
+            }
+        };
+        let schedules = match &stripe_api {
+            Some(api) => Schedules::start(api, &config.stripe),
+            None => Ok(Schedules::none()),
+        };
+        let schedules = match schedules {
+            Ok(schedules) => schedules,
+            Err(e) => {
+                webhook.shutdown(Duration::from_secs(1));
+                admin.shutdown(Duration::from_secs(1));
+                let _ = std::fs::remove_file(&control_file);
+                retention.stop();
                 checkpointer.stop();
                 writer.stop();
                 return Err(e);
@@ -178,6 +242,8 @@ impl Service {
                 Err(e) => {
                     webhook.shutdown(Duration::from_secs(1));
                     admin.shutdown(Duration::from_secs(1));
+                    let _ = std::fs::remove_file(&control_file);
+                    schedules.stop();
                     retention.stop();
                     checkpointer.stop();
                     writer.stop();
@@ -200,9 +266,20 @@ impl Service {
             retention,
             forwarder,
             routes,
+            stripe: StripeParts {
+                api: stripe_api,
+                control,
+                control_file,
+                schedules,
+            },
             lock,
             database,
         })
+    }
+
+    /// The Stripe client's work, when an API key is configured (for tests).
+    pub fn stripe(&self) -> Option<&Arc<StripeApi>> {
+        self.stripe.api.as_ref()
     }
 
     pub fn webhook_addr(&self) -> SocketAddr {
@@ -230,6 +307,10 @@ impl Service {
             log::warn!("webhook connections still open after {SHUTDOWN_GRACE:?}; closing anyway");
         }
         self.admin.shutdown(Duration::from_secs(2));
+        let _ = std::fs::remove_file(&self.stripe.control_file);
+        // Background work ends at its next step (a backfill keeps its cursor).
+        self.stripe.control.stop();
+        self.stripe.schedules.stop();
         // The admin handler (and its read pool) went with the admin server; the writer commits
         // whatever is still queued, then its connection, the last one, closes and checkpoints.
         self.retention.stop();
@@ -241,4 +322,40 @@ impl Service {
         log::info!("stopped database={}", self.database.display());
         drop(self.lock);
     }
+}
+
+/// The Stripe client (with an API key) and the control endpoint (always: without a key it
+/// answers that the server has none). Says once when the client is off.
+fn stripe_parts(
+    config: &Config,
+    writer: &Writer,
+    effects: &Arc<Effects>,
+) -> Result<(Option<Arc<StripeApi>>, Arc<Control>)> {
+    let api = match config.stripe.api_key() {
+        Some(key) => {
+            log::info!(
+                "stripe API on: api_base={} requests_per_sec={} reconcile_every={} resync_every={} refetch_uncertain={}",
+                config.stripe.base(),
+                config.stripe.requests_per_sec,
+                config.stripe.reconcile_every,
+                config.stripe.resync_every,
+                config.stripe.refetch_uncertain
+            );
+            Some(Arc::new(StripeApi::new(
+                config,
+                key,
+                writer.handle(),
+                effects.clone(),
+            )))
+        }
+        None => {
+            log::info!(
+                "stripe API off: set the environment variable {} to an API key to turn on backfill, reconcile, refetch and connect",
+                config.stripe.api_key_env
+            );
+            None
+        }
+    };
+    let control = Arc::new(Control::new(api.clone())?);
+    Ok((api, control))
 }

@@ -10,4 +10,5 @@ mod crash;
 mod deploy;
 mod forward;
 mod mirror;
+mod stripe_api;
 mod webhook;

@@ -31,6 +31,8 @@ pub struct Admin {
     pub database: PathBuf,
     /// The forwarding destinations and their counters (Deliveries page, dashboard, `/metrics`).
     pub forward: Arc<Routes>,
+    /// A Stripe API key is configured: objects can be fetched again (the Refetch button).
+    pub refetch: bool,
 }
 
 /// An HTML answer with the headers every page gets.

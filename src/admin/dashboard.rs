@@ -14,6 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::admin::auth::Viewer;
 use crate::admin::context::{self, built_in, Admin};
 use crate::admin::html::{self, esc, Bar};
+use crate::admin::stripe_panel;
 use crate::error::{Error, Result};
 use crate::http::Response;
 use crate::mirror::{Decision, Outcome};
@@ -158,6 +159,7 @@ pub fn page(admin: &Admin, viewer: &Viewer) -> Result<Response> {
         )
         .map_err(|e| Error::sqlite("dashboard: page counts", e))?;
     let forwarding = crate::admin::deliveries::cards(&conn, &admin.forward, s.now_ms)?;
+    let stripe = stripe_panel::dashboard_section(&conn, admin.refetch)?;
     drop(conn);
 
     let c = &admin.counters;
@@ -277,6 +279,8 @@ pub fn page(admin: &Admin, viewer: &Viewer) -> Result<Response> {
         }
         body.push_str("</ul>");
     }
+
+    body.push_str(&stripe);
 
     // Since start, from memory.
     let commits = stats.commits.load(Ordering::Relaxed);

@@ -25,3 +25,4 @@ pub mod html;
 pub mod metrics;
 pub mod objects;
 pub mod router;
+pub mod stripe_panel;

@@ -1,6 +1,7 @@
 //! The mirror's pages: `/objects` (browse by type, search by id, email, metadata or text),
-//! `/objects/{id}` (the current state, the events that touched it and what each did, related
-//! objects) and `POST /objects/{id}/rebuild`.
+//! `/objects/{id}` (the current state, where it came from, the events that touched it and what
+//! each did, related objects) and `POST /objects/{id}/rebuild` (the Refetch button and its route
+//! are in `stripe_panel`).
 //!
 //! Lookups by id, by type, by customer (`objects_customer`), uncertain objects
 //! (`objects_uncertain`) and customers by email (`objects_email`) are index ranges. A metadata
@@ -17,6 +18,7 @@ use crate::admin::context::{built_in, page, page_response, redirect, Admin};
 use crate::admin::event_search::Budget;
 use crate::admin::form::Form;
 use crate::admin::html::{self, esc, url_encode};
+use crate::admin::stripe_panel;
 use crate::error::{Error, Result};
 use crate::http::{Request, Response};
 use crate::mirror::queries::{self, Order};
@@ -530,17 +532,20 @@ pub fn show(admin: &Admin, req: &Request, viewer: &Viewer, id: &str) -> Result<R
                 fact("account", esc(a).to_string());
             }
             fact(
-                "state from",
-                match (&f.event_id, f.source.as_str()) {
-                    (Some(e), _) => format!(
+                "source",
+                stripe_panel::source_fact(&f.source, f.k_created),
+            );
+            if let Some(e) = &f.event_id {
+                fact(
+                    "state from",
+                    format!(
                         "<a href=\"/events/{}\">{}</a> (event time {})",
                         url_encode(e),
                         esc(e),
                         f.k_created.map(format_utc).unwrap_or_default()
                     ),
-                    (None, source) => format!("{} (no event)", esc(source)),
-                },
-            );
+                );
+            }
             if let Some(at) = f.deleted_at {
                 fact("deleted at", format_utc(at));
             }
@@ -555,9 +560,10 @@ pub fn show(admin: &Admin, req: &Request, viewer: &Viewer, id: &str) -> Result<R
     let _ = write!(
         body,
         "<div class=\"actions\"><form method=\"post\" action=\"/objects/{id_url}/rebuild\">{}<button>Rebuild from its events</button></form>\
-         <a href=\"/events?object={id_url}\">Search its events</a></div>\
-         <p class=\"muted\">Rebuilding forgets the mirrored state and re-applies every stored event about the object, oldest first.</p>",
+         {}<a href=\"/events?object={id_url}\">Search its events</a></div>\
+         <p class=\"muted\">Rebuilding forgets the mirrored state and re-applies every stored event about the object, oldest first, then what was last fetched of it from Stripe's API.</p>",
         html::csrf_field(&viewer.csrf),
+        stripe_panel::refetch_button(id, &viewer.csrf, admin.refetch, form.get("done")),
         id_url = url_encode(id)
     );
 

@@ -14,7 +14,8 @@
 //! | `GET /login`, `POST /login` | anyone (rate-limited, CSRF-checked) |
 //! | `POST /logout` | a session, with its CSRF token |
 //! | `GET /`, `/events`, `/events/{id}`, `/objects`, `/objects/{id}`, `/deliveries` | a session (or open mode) |
-//! | `POST /events/{id}/replay`, `POST /objects/{id}/rebuild`, `POST /events/{id}/forward`, `POST /deliveries/{id}/retry`, `POST /deliveries/retry-dead` | the same, with the CSRF token |
+//! | `POST /events/{id}/replay`, `POST /objects/{id}/rebuild`, `POST /objects/{id}/refetch`, `POST /events/{id}/forward`, `POST /deliveries/{id}/retry`, `POST /deliveries/retry-dead` | the same, with the CSRF token |
+//! | `/control/...` (the Stripe client's control endpoint, answered before this router) | its own token, loopback only |
 //!
 //! Every HTML answer carries a `Content-Security-Policy` that allows no script at all and styles
 //! only from `/admin.css`, `X-Frame-Options: DENY`, `Referrer-Policy: no-referrer`, `nosniff`, and
@@ -27,7 +28,7 @@ use std::time::Instant;
 use crate::admin::auth::{Access, Login, Viewer};
 use crate::admin::context::{page_response, redirect, Admin};
 use crate::admin::form::{decode_path, Form};
-use crate::admin::{dashboard, deliveries, events, html, metrics, objects};
+use crate::admin::{dashboard, deliveries, events, html, metrics, objects, stripe_panel};
 use crate::error::Result;
 use crate::http::{Request, Response};
 use crate::store;
@@ -132,11 +133,15 @@ impl Admin {
                 Ok(_) => objects::rebuild(self, &decode_path(id))?,
                 Err(refused) => refused,
             },
+            ["objects", id, "refetch"] if post => match self.checked_form(req, viewer) {
+                Ok(_) => stripe_panel::refetch(self, &decode_path(id))?,
+                Err(refused) => refused,
+            },
             [] | [""] | ["events" | "objects" | "deliveries"] | ["events" | "objects", _] => {
                 Response::json_error(405, "method not allowed").with_header("Allow", "GET")
             }
             ["logout"]
-            | ["events" | "objects", _, "replay" | "rebuild" | "forward"]
+            | ["events" | "objects", _, "replay" | "rebuild" | "forward" | "refetch"]
             | ["deliveries", "retry-dead"]
             | ["deliveries", _, "retry"] => {
                 Response::json_error(405, "method not allowed").with_header("Allow", "POST")

@@ -130,13 +130,13 @@ pub fn run(parser: lexopt::Parser) -> Result<()> {
     match mirror {
         Some(m) if m.differing_count == 0 => {
             println!(
-                "  mirror: {} objects, the same as a rebuild from the events",
+                "  mirror: {} objects, the same as a rebuild from the events and fetched states",
                 m.objects
             )
         }
         Some(m) => {
             println!(
-                "  mirror: {} of {} objects differ from a rebuild from the events: {}",
+                "  mirror: {} of {} objects differ from a rebuild from the events and fetched states: {}",
                 m.differing_count,
                 m.objects,
                 m.differing.join(", ")

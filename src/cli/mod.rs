@@ -3,19 +3,24 @@
 //! Every command takes `--config` and `--help`. Usage errors carry a `try:` hint and exit 2;
 //! runtime errors exit 1 (`main` prints both). Only this module prints and reads arguments.
 
+mod backfill;
 mod backup;
 mod check;
+mod connect;
 mod deliveries;
 mod export;
 mod object;
 pub mod options;
 pub mod progress;
 mod prune;
+mod reconcile;
 mod redeliver;
+mod refetch;
 mod replay;
 mod restore;
 mod send_test_event;
 mod serve;
+mod stripe_work;
 
 use std::ffi::OsString;
 
@@ -40,6 +45,10 @@ commands:
   object ID         show a mirrored object and every event that touched it, with decisions
   deliveries        list the deliveries to the [[forward]] destinations (the shop's app)
   redeliver ID      put one event's deliveries (or --dead: every dead one) back to pending
+  backfill          fetch every object of the mirrored types from Stripe's API (resumable)
+  reconcile         store the events Stripe lists that the webhook never brought
+  refetch ID...     fetch objects from Stripe's API into the mirror
+  connect --url URL create the webhook endpoint in Stripe and print its signing secret
 
 Every command takes --config PATH (default: $STRIPE_INBOX_CONFIG, else ./stripe-inbox.toml)
 and --help. Logging: RUST_LOG=debug|info|warn (default info).
@@ -79,6 +88,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<()> {
         "object" => object::run(parser),
         "deliveries" => deliveries::run(parser),
         "redeliver" => redeliver::run(parser),
+        "backfill" => backfill::run(parser),
+        "reconcile" => reconcile::run(parser),
+        "refetch" => refetch::run(parser),
+        "connect" => connect::run(parser),
         "help" => {
             print!("{USAGE}");
             Ok(())
@@ -121,6 +134,12 @@ mod tests {
             &["redeliver"],
             &["redeliver", "evt_1", "--dead"],
             &["redeliver", "a", "b"],
+            &["backfill", "--type", "coupon"],
+            &["backfill", "extra"],
+            &["reconcile", "--since", "60d"],
+            &["reconcile", "--since", "soon"],
+            &["refetch"],
+            &["connect"],
         ] {
             let err = run(args(list)).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{list:?}: {err}");
@@ -143,6 +162,10 @@ mod tests {
             &["object", "--help"],
             &["deliveries", "--help"],
             &["redeliver", "--help"],
+            &["backfill", "--help"],
+            &["reconcile", "--help"],
+            &["refetch", "--help"],
+            &["connect", "--help"],
             &["help"],
         ] {
             run(args(list)).unwrap();

@@ -48,11 +48,18 @@ pub fn run(parser: lexopt::Parser) -> Result<()> {
                     format!(" [{}]", flags.join("; "))
                 }
             );
-            println!(
-                "state from event {} at {}",
-                o.event_id.as_deref().unwrap_or("-"),
-                time::format_utc(o.updated_at / 1000)
-            );
+            match &o.event_id {
+                Some(event) => println!(
+                    "state from event {event} at {}",
+                    time::format_utc(o.updated_at / 1000)
+                ),
+                // Fetched from Stripe's API (refetch, backfill): k_created is when.
+                None => println!(
+                    "state from {} (fetched at {})",
+                    o.source,
+                    o.k_created.map(time::format_utc).unwrap_or_default()
+                ),
+            }
             let pretty = serde_json::from_str::<serde_json::Value>(&o.data)
                 .and_then(|v| serde_json::to_string_pretty(&v))
                 .unwrap_or_else(|_| o.data.clone());

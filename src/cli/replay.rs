@@ -13,9 +13,10 @@ pub const USAGE: &str = "\
 usage: stripe-inbox replay --rebuild [--config PATH]
 
 Empties the mirror (the objects table) and re-applies every stored event in arrival order, as the
-server did when they arrived, recording each event's decision again. Events are the ground truth,
-so this is always safe; it commits every 10,000 events, and an interrupted rebuild is finished by
-running it again. Needs the database to itself: stop `serve` first.
+server did when they arrived, recording each event's decision again, then every state last fetched
+from Stripe's API (table fetched). Events and fetched states are the ground truth, so this is
+always safe; it commits every 10,000 events, and an interrupted rebuild is finished by running it
+again. Needs the database to itself: stop `serve` first.
 ";
 
 pub fn run(parser: lexopt::Parser) -> Result<()> {

@@ -6,6 +6,7 @@
 //! the file names; they never need to be written into the file, and this module never logs them.
 
 pub mod forward;
+pub mod stripe;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ pub struct Config {
     pub api: Api,
     /// `[[forward]]` blocks: where events are forwarded ([`forward::Forward`]). Defaults to none.
     pub forward: Vec<forward::Forward>,
+    pub stripe: stripe::Stripe,
 }
 
 /// `[api]`: the read API on the admin listener.
@@ -137,6 +139,7 @@ impl Default for Config {
             admin: Admin::default(),
             api: Api::default(),
             forward: Vec::new(),
+            stripe: stripe::Stripe::default(),
         }
     }
 }
@@ -229,6 +232,7 @@ impl Config {
             return Err("[database] queue_capacity and max_batch must be above 0".into());
         }
         forward::validate(&self.forward)?;
+        self.stripe.validate()?;
         for (i, s) in self.webhook.secrets.iter().enumerate() {
             if s.trim() != s || s.is_empty() {
                 return Err(format!(
@@ -352,6 +356,7 @@ mod tests {
             config.forward.is_empty(),
             "no forwarding unless a block is uncommented"
         );
+        assert_eq!(config.stripe, stripe::Stripe::default());
     }
 
     #[test]
@@ -393,6 +398,7 @@ mod tests {
                 ..forward::Forward::default()
             }
         );
+        assert_eq!(config.stripe, default.stripe);
     }
 
     #[test]

@@ -615,6 +615,7 @@ mod tests {
         };
         let effects = Effects {
             forward: routes.clone(),
+            ..Effects::default()
         };
         writer
             .handle()

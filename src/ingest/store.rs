@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 use crate::event::envelope::Envelope;
 use crate::forward::queue::{enqueue, NewEvent};
 use crate::forward::Routes;
-use crate::mirror::{self, Decision};
+use crate::mirror::fetched::{request_refetch, Reason, RefetchRequest};
+use crate::mirror::{self, Decision, TieRule};
 use crate::store::writer::nested;
 
 /// Where an event came from (stored in `events.source`).
@@ -26,12 +27,15 @@ use crate::store::writer::nested;
 pub enum Source {
     /// Delivered by Stripe to the webhook endpoint.
     Webhook,
+    /// Found by `reconcile` in Stripe's `/v1/events` list: the webhook never brought it.
+    Reconcile,
 }
 
 impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Webhook => "webhook",
+            Source::Reconcile => "reconcile",
         }
     }
 }
@@ -57,6 +61,11 @@ pub struct Ingest {
 pub struct Effects {
     /// Forwarding: a delivery row for each destination that wants the event (no routes: none).
     pub forward: Arc<Routes>,
+    /// When the mirror could not order an object's same-second events (`tie_resolved:last_arrival`,
+    /// the row is `uncertain`), queue a refetch of the object (`refetch_jobs`, coalesced per
+    /// object), due once that second is over. On when a Stripe API key is configured and
+    /// `[stripe] refetch_uncertain` is true.
+    pub refetch_uncertain: bool,
 }
 
 /// What storing an event did.
@@ -155,6 +164,22 @@ pub fn store_event(conn: &Connection, event: &Ingest, effects: &Effects) -> Resu
             },
         )?;
     }
+
+    // An object whose second fell to the last arrival is fetched from Stripe, after that second.
+    if effects.refetch_uncertain && decision == Decision::TieResolved(TieRule::LastArrival) {
+        if let (Some(object_id), Some(object_type)) = (&env.object_id, &env.object_type) {
+            let request = RefetchRequest {
+                object_id,
+                object_type,
+                account: env.account.as_deref(),
+                reason: Reason::Uncertain,
+                not_before_ms: (env.created + 1) * 1000,
+                now_ms: event.received_at_ms,
+            };
+            request_refetch(conn, &request)
+                .map_err(|e| Error::sqlite(format!("queue refetch of {object_id}"), e))?;
+        }
+    }
     Ok(Outcome::Stored { seq, decision })
 }
 
@@ -208,6 +233,75 @@ mod tests {
             .unwrap();
         assert_eq!(body, first.body, "the raw body, byte for byte");
         assert_eq!((last, source.as_str()), (2, "webhook"));
+    }
+
+    /// Stores a `customer.updated` of the fixture customer at one second, with `name` and
+    /// (when `prev`) `previous_attributes` that follow no stored state.
+    fn store_edit(conn: &Connection, name: &str, prev: bool, at: i64, effects: &Effects) {
+        let mut event = testevent::build("customer.updated", 1_700_000_000).unwrap();
+        event["data"]["object"]["name"] = name.into();
+        if prev {
+            event["data"]["previous_attributes"] = serde_json::json!({"name": "Z"});
+        }
+        let body = serde_json::to_vec(&event).unwrap();
+        let ingest = Ingest {
+            envelope: envelope::parse(&body).unwrap(),
+            body,
+            secret_index: None,
+            received_at_ms: at,
+            source: Source::Reconcile,
+        };
+        store_event(conn, &ingest, effects).unwrap();
+    }
+
+    #[test]
+    fn an_uncertain_object_is_queued_for_a_refetch_once() {
+        let conn = store::open_memory().unwrap();
+        let effects = Effects {
+            refetch_uncertain: true,
+            ..Effects::default()
+        };
+        // Three edits of one customer in one second, none following another: each is decided by
+        // arrival, and the three requests coalesce into one job, due after that second.
+        for (i, name) in ["A", "B", "C"].into_iter().enumerate() {
+            store_edit(&conn, name, true, i as i64, &effects);
+        }
+        let jobs: Vec<(String, String, i64, i64)> = conn
+            .prepare("SELECT object_id, reason, not_before, requests FROM refetch_jobs")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        let id = testevent::fixture("customer").unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            jobs,
+            [(id, "uncertain".to_owned(), 1_700_000_001_000, 2)],
+            "the first edit was applied; the two ties made one job"
+        );
+        // Without the effect, nothing is queued.
+        let conn = store::open_memory().unwrap();
+        for (i, name) in ["A", "B"].into_iter().enumerate() {
+            store_edit(&conn, name, false, i as i64, &Effects::default());
+        }
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM refetch_jobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+        let decision: String = conn
+            .query_row(
+                "SELECT decision FROM events ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            decision, "tie_resolved:last_arrival",
+            "although it was uncertain"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub(super) const MAX_TIE_EVENTS: usize = 100;
 
 /// One state of the object at the tied second, as one event (or the stored row) shows it.
 pub(super) struct Candidate<'a> {
-    /// `None`: the stored row's state when its event is not in `events` (pruned, or a refetch).
+    /// `None`: a fetched state, or the stored row's state when its event is not in `events`.
     pub(super) event_id: Option<String>,
     pub(super) seq: i64,
     pub(super) kind: Kind,
@@ -26,6 +26,8 @@ pub(super) struct Candidate<'a> {
     pub(super) account: Option<String>,
     pub(super) livemode: Option<bool>,
     pub(super) source: String,
+    /// A state fetched from Stripe's API (rule 5), not an event's.
+    pub(super) fetched: bool,
 }
 
 /// Where a candidate's exact object text comes from: a stored event's body is only scanned for
@@ -36,6 +38,12 @@ pub(super) enum Text<'a> {
 }
 
 impl Candidate<'_> {
+    /// Where the candidate stands in arrival order, for the last-arrival rule: an event by its
+    /// `seq`; a fetched state by `MAX(events.seq)` when it was fetched, after the event of that seq.
+    pub(super) fn arrival(&self) -> (i64, bool) {
+        (self.seq, self.fetched)
+    }
+
     pub(super) fn text(&self) -> Cow<'_, str> {
         match &self.text {
             Text::Object(text) => Cow::Borrowed(text),
@@ -87,5 +95,6 @@ pub(super) fn candidate_from_body(
         account,
         livemode: live,
         source: "event".to_owned(),
+        fetched: false,
     })
 }

@@ -16,15 +16,20 @@
 //!    order-independent: a `.created` that is *newer* than every other event about its object
 //!    does win; Stripe never sends that.
 //! 3. **Deletes are tombstones** (rule 2), decided by the event type (`*.deleted`), never by a
-//!    `deleted` field. The `deleted` flag is sticky: once any delete event has been seen, the row
-//!    stays deleted whatever arrives later, so nothing resurrects it. At its own second a delete
-//!    beats every other state, so nothing *equal* changes the tombstone's data either, and an
-//!    older event is ignored (`deleted_ignored`). A strictly newer event still updates the data
-//!    (the row stays deleted): Stripe lets you edit the metadata of a canceled subscription, and
-//!    `customer.subscription.deleted` is such a tombstone (status `canceled`, the object lives on).
+//!    `deleted` field, where the object is gone from Stripe's API (its GET answers `deleted: true`
+//!    or 404; `shape::LIVES_ON_AFTER_DELETE` lists the one `*.deleted` type that is not such a
+//!    delete, `customer.subscription.deleted`, and says how every other was checked). The
+//!    `deleted` flag is sticky: once any delete event has been seen, the row stays deleted whatever
+//!    arrives later, so nothing resurrects it. At its own second a delete beats every other state,
+//!    so nothing *equal* changes the tombstone's data either, and an older event is ignored
+//!    (`deleted_ignored`). A strictly newer event still updates the data (the row stays deleted).
 //!    A delete *stub* (`{"id", "object", "deleted": true}`) carries no state: it only sets the flag,
 //!    and if it is the first thing seen it leaves a placeholder row (`k_created` NULL) that any real
-//!    state replaces.
+//!    state replaces. A **canceled subscription** (`customer.subscription.deleted`) is not gone:
+//!    Stripe's `retrieve` still returns it with `status: canceled`, so its row keeps `deleted = 0`
+//!    and holds that final state, which at its own second beats every other state like a delete
+//!    (`tie_resolved:lifecycle`); an older event is `stale`; a newer one updates it (Stripe lets you
+//!    edit a canceled subscription's metadata).
 //! 4. **Ties** (same second, different data) are decided over *every* event about the object in
 //!    that second, read back from the `events` table, not just the stored one and the new one.
 //!    Comparing only two states is not transitive: with `name: A→B→C` in one second, delivered
@@ -59,11 +64,23 @@
 //!    give `no_object` and write nothing. An object with an `id` of a type this module has no
 //!    table for (coupon, payment_method, ...) is mirrored generically.
 //!
+//! 6. **Fetched state** (design.md rule 5, [`fetched`]): what Stripe's API returned for an object
+//!    (`refetch`: one GET; `backfill`: a list page) is stamped with the second the fetch began
+//!    (`k_created`, `event_id` NULL, `source` `refetch` or `backfill`): every event of an older
+//!    second is then stale, every event of a newer second wins, and an event of the same second
+//!    meets the fetched state as one more candidate of that second with no `previous_attributes`,
+//!    placed in arrival order after every event stored before the fetch (it wins when it
+//!    causally follows it, else by lifecycle, else by arrival with `uncertain` set, and the
+//!    object is fetched again in a later second). A fetch that finds the object gone (`deleted:
+//!    true`, or 404 `resource_missing`) sets the sticky tombstone like a delete stub does. Every
+//!    fetch is recorded in `fetched`, ground truth beside `events`, which a rebuild re-applies.
+//!
 //! # Decisions (`events.decision`)
 //! `applied`, `created_ignored`, `stale`, `unchanged` (same second, the state already mirrored),
 //! `tie_resolved:causal`, `tie_resolved:lifecycle`, `tie_resolved:last_arrival` (the rule that
 //! decided the second; the event may have won or lost, `objects.event_id` says which),
-//! `tombstoned` (any `*.deleted`), `deleted_ignored` (lost to a tombstone), `no_object`.
+//! `tombstoned` (a `*.deleted` of an object gone from Stripe), `deleted_ignored` (lost to a
+//! tombstone), `no_object`.
 //!
 //! # Ordering key
 //! `(k_created, tie-break)`: `k_created` is the event's second; the tie-break is not a stored
@@ -71,20 +88,21 @@
 //! the stored data) and `k_seq` (arrival of the recorded event) are stored to explain a row.
 //! [`order_of_second`] gives the whole order of one object's second under these same rules (the
 //! winner last), for whoever replays events in order: forwarding sends them to the app so.
-//! A refetch (design.md rule 5, not written yet) will write `source = 'refetch'`,
-//! `k_created = <second the fetch began>`, `event_id = NULL`: every event of an older second is
-//! then stale, and an event of the same second meets the refetched state as an extra candidate
-//! with no `previous_attributes` (it wins when it causally follows it, else by lifecycle, else by
-//! arrival with `uncertain` set, which schedules another refetch).
+//! A fetched state (rule 6) has `k_created` = the second its fetch began and `k_seq` =
+//! `MAX(events.seq)` when it was fetched.
 //!
 //! # Contract with the caller
 //! `apply` is called once per new event id, in the transaction that stores the event. Ties read
 //! `events(seq, id, type, created, object_id, body)` for the same `object_id` and `created`
 //! (index `events_object`); the event being applied may already be in that table or not.
 //! When the stored state's event is no longer there (retention), the stored row itself competes.
+//! A fetched state of the tied second is read from `fetched` and competes too.
+//! [`fetched::apply_fetched`] is called once per fetch, in the writer transaction that records it;
+//! [`fetched::request_refetch`] queues a fetch (`refetch_jobs`), coalesced per object.
 
 mod candidate;
 pub mod decision;
+pub mod fetched;
 mod json_span;
 mod lifecycle;
 pub mod order;

@@ -62,7 +62,7 @@ pub fn order_of_second(object_id: &str, events: &[SecondEvent]) -> Vec<usize> {
             let kind = match cands[c].kind {
                 Kind::Created => 0,
                 Kind::Other => 1,
-                Kind::Deleted => 2,
+                Kind::Deleted | Kind::Final => 2,
             };
             (kind, events[of_cand[c]].seq, events[of_cand[c]].event_id)
         });

@@ -68,7 +68,7 @@ pub fn apply(conn: &Connection, input: &Input, now_ms: i64) -> rusqlite::Result<
             }
             _ if stored.deleted => Decision::DeletedIgnored,
             Kind::Created => Decision::CreatedIgnored,
-            Kind::Other => Decision::Stale,
+            Kind::Other | Kind::Final => Decision::Stale,
         }),
         Some(k) if created == k => {
             // The mirrored state again (invoice.paid beside invoice.payment_succeeded, a resent

@@ -6,6 +6,20 @@ use rusqlite::{Connection, OptionalExtension, Row};
 
 use crate::error::{Error, Result};
 
+/// The object types with a typed view in `schema.sql` (object type, view): the types the mirror
+/// holds in full, which `backfill` lists.
+pub const TYPED_VIEWS: &[(&str, &str)] = &[
+    ("product", "products"),
+    ("price", "prices"),
+    ("customer", "customers"),
+    ("subscription", "subscriptions"),
+    ("invoice", "invoices"),
+    ("payment_intent", "payment_intents"),
+    ("charge", "charges"),
+    ("refund", "refunds"),
+    ("checkout.session", "checkout_sessions"),
+];
+
 /// The columns of [`ObjectRow`], in the order [`ObjectRow::from_row`] reads them: for a query of
 /// one's own (the API's filtered list) that wants whole rows.
 pub const OBJECT_COLUMNS: &str = "id, type, account, livemode, data, k_created, source, event_id, \

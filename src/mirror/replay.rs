@@ -1,4 +1,5 @@
-//! Re-deriving the mirror from the events ledger, the ground truth.
+//! Re-deriving the mirror from the ground truth: the events ledger, then the states fetched from
+//! Stripe's API (`fetched`, rule 5), re-applied after the events.
 //!
 //! Everything here runs on a connection that may write: inside a writer closure ([`crate::store::writer::WriterHandle::run`])
 //! while serving, or on the writer connection of a CLI command that holds the database lock. Events
@@ -7,7 +8,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{apply, input, Decision};
+use super::{apply, fetched, input, Decision};
 use crate::error::{Error, Result};
 use crate::event::envelope;
 use crate::time::now_ms;
@@ -53,7 +54,8 @@ pub fn replay_event(conn: &Connection, event_id: &str) -> Result<Decision> {
     }
 }
 
-/// Forgets one object and re-derives it from every event about it; returns how many events.
+/// Forgets one object and re-derives it from every event about it (and its fetched state);
+/// returns how many events.
 pub fn rebuild_object(conn: &Connection, object_id: &str) -> Result<usize> {
     conn.execute("DELETE FROM objects WHERE id = ?1", [object_id])
         .map_err(|e| Error::sqlite("forget object", e))?;
@@ -71,6 +73,8 @@ pub fn rebuild_object(conn: &Connection, object_id: &str) -> Result<usize> {
     for (seq, body) in &rows {
         apply_stored(conn, *seq, body, now)?;
     }
+    fetched::reapply(conn, Some(object_id), now)
+        .map_err(|e| Error::sqlite("re-apply fetched state", e))?;
     Ok(rows.len())
 }
 
@@ -81,7 +85,8 @@ pub struct RebuildStats {
     pub objects: u64,
 }
 
-/// Empties the mirror and re-applies every event in arrival order, calling `progress(done, total)`
+/// Empties the mirror and re-applies every event in arrival order, then every fetched state,
+/// calling `progress(done, total)`
 /// now and then. `commit_every` events, the transaction is committed and a new one begun, so a
 /// large ledger neither holds one giant transaction nor loses all work if interrupted (running the
 /// rebuild again finishes it). `conn` must not be inside a transaction.
@@ -130,6 +135,7 @@ pub fn rebuild_all(
         }
         progress(stats.events, total);
     }
+    fetched::reapply(&tx, None, now).map_err(|e| Error::sqlite("re-apply fetched states", e))?;
     stats.objects = tx
         .query_row("SELECT COUNT(*) FROM objects", [], |r| r.get::<_, i64>(0))
         .map_err(|e| Error::sqlite("count objects", e))? as u64;
@@ -155,7 +161,7 @@ pub fn verify_mirror(conn: &Connection) -> Result<MirrorCheck> {
     conn.execute_batch(
         "SAVEPOINT verify_mirror;
          CREATE TEMP TABLE mirror_before AS
-             SELECT id, type, data, deleted, k_created, event_id, uncertain FROM objects;",
+             SELECT id, type, data, deleted, k_created, event_id, uncertain, source FROM objects;",
     )
     .map_err(sql)?;
     let result = (|| -> Result<MirrorCheck> {
@@ -173,7 +179,8 @@ pub fn verify_mirror(conn: &Connection) -> Result<MirrorCheck> {
         for (seq, body) in &rows {
             apply_stored(conn, *seq, body, now)?;
         }
-        let cols = "id, type, data, deleted, k_created, event_id, uncertain";
+        fetched::reapply(conn, None, now).map_err(sql)?;
+        let cols = "id, type, data, deleted, k_created, event_id, uncertain, source";
         let diff_sql = format!(
             "SELECT id FROM (SELECT * FROM temp.mirror_before EXCEPT SELECT {cols} FROM main.objects)
              UNION

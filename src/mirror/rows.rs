@@ -1,5 +1,6 @@
 //! The SQL of the projection: the stored row as decisions need it, the row one write sets, and
-//! the statements that read and write `objects` (and read a tied second's other events).
+//! the statements that read and write `objects` (and read a tied second's other events, and the
+//! fetched state of that second).
 
 use std::borrow::Cow;
 
@@ -45,7 +46,13 @@ impl Stored {
             account: self.account.clone(),
             livemode: self.livemode,
             source: self.source.clone(),
+            fetched: self.is_fetched(),
         })
+    }
+
+    /// The state came from Stripe's API (rule 5), not from an event.
+    pub(super) fn is_fetched(&self) -> bool {
+        self.source != "event"
     }
 }
 
@@ -233,4 +240,47 @@ pub(super) fn mark_deleted(
     )?;
     stmt.execute(params![id, at, now_ms])?;
     Ok(())
+}
+
+/// The fetched state of `object_id` whose fetch began in `second`, as a tie candidate.
+pub(super) fn fetched_candidate(
+    conn: &Connection,
+    object_id: &str,
+    second: i64,
+    otype: &str,
+) -> rusqlite::Result<Option<Candidate<'static>>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT after_seq, via, data, account, livemode FROM fetched
+             WHERE object_id = ?1 AND data IS NOT NULL
+               AND began_ms >= ?2 * 1000 AND began_ms < (?2 + 1) * 1000",
+        )?
+        .query_row(params![object_id, second], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                (r.get::<_, Option<String>>(3)?, r.get::<_, Option<bool>>(4)?),
+            ))
+        })
+        .optional()?;
+    let Some((seq, via, text, (account, livemode))) = row else {
+        return Ok(None);
+    };
+    let Ok(data) = serde_json::from_str::<Value>(&text) else {
+        return Ok(None);
+    };
+    Ok(Some(Candidate {
+        event_id: None,
+        seq,
+        kind: Kind::Other,
+        rank: Rank::of(otype, "", Kind::Other, &data),
+        data: Cow::Owned(data),
+        text: Text::Object(Cow::Owned(text)),
+        prev: None,
+        account,
+        livemode,
+        source: via,
+        fetched: true,
+    }))
 }

@@ -46,11 +46,25 @@ pub fn input<'a>(env: &'a Envelope, body: &'a [u8], seq: i64) -> Input<'a> {
     }
 }
 
+/// `*.deleted` event types whose object is *not* gone from Stripe's API afterwards (rule 2).
+///
+/// Every `*.deleted` type in Stripe's event list was checked against "does a GET of the object
+/// still return it?": `customer`, `customer.discount`, `customer.source`, `customer.tax_id`,
+/// `invoice` (a draft), `invoiceitem`, `product`, `price`, `plan`, `coupon`, `person`,
+/// `account.external_account`, `test_helpers.test_clock` (and the legacy `sku`, `recipient`) are
+/// gone: the GET answers `deleted: true` or 404. Only a canceled subscription lives on: `retrieve`
+/// returns it with `status: canceled`. A type Stripe adds later counts as gone until listed here.
+pub(super) const LIVES_ON_AFTER_DELETE: &[&str] = &["customer.subscription.deleted"];
+
 /// How an event type relates to its object's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
     Created,
+    /// The object is gone from Stripe: a sticky tombstone.
     Deleted,
+    /// The end of the object's life, but it is still retrievable (a canceled subscription): its
+    /// state wins its second like a delete, without the tombstone.
+    Final,
     Other,
 }
 
@@ -58,6 +72,8 @@ impl Kind {
     pub(super) fn of(event_type: &str) -> Kind {
         if event_type.ends_with(".created") {
             Kind::Created
+        } else if LIVES_ON_AFTER_DELETE.contains(&event_type) {
+            Kind::Final
         } else if event_type.ends_with(".deleted") {
             Kind::Deleted
         } else {

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::candidate::{Candidate, Text, MAX_TIE_EVENTS};
 use super::lifecycle::{Rank, Status};
-use super::rows::{load_group, update, Row, Stored};
+use super::rows::{fetched_candidate, load_group, update, Row, Stored};
 use super::shape::{livemode, raw_text, Input, Kind, Shape};
 use super::{Decision, TieRule};
 
@@ -36,29 +36,8 @@ pub(super) fn tie(
     stored: &Stored,
     now_ms: i64,
 ) -> rusqlite::Result<Decision> {
-    // Gather every state of the object at this second: earlier events, this one, and the stored
-    // row if its event is not among them.
     let delete_at = (shape.kind == Kind::Deleted).then_some(input.created);
-    let group = load_group(conn, shape.id, input.created, input.event_id, shape.otype)?;
-    let Some(mut cands) = group else {
-        // Too many to compare on every arrival: the last arrival wins, flagged for a refetch.
-        log::warn!(
-            "project: over {MAX_TIE_EVENTS} events in one second, last arrival wins object_id={} second={}",
-            shape.id,
-            input.created
-        );
-        let raw = raw_text(input, object);
-        let row = Row {
-            uncertain: true,
-            ..Row::of_event(input, shape, object, &raw)
-        };
-        update(conn, shape.id, &row, delete_at, now_ms)?;
-        return Ok(match shape.kind {
-            Kind::Deleted => Decision::Tombstoned,
-            _ => Decision::TieResolved(TieRule::LastArrival),
-        });
-    };
-    cands.push(Candidate {
+    let me = Candidate {
         event_id: Some(input.event_id.to_owned()),
         seq: input.seq,
         kind: shape.kind,
@@ -72,14 +51,106 @@ pub(super) fn tie(
         account: input.account.map(str::to_owned),
         livemode: livemode(input.livemode, object),
         source: "event".to_owned(),
-    });
+        fetched: false,
+    };
+    let settled = settle(
+        conn,
+        Second {
+            id: shape.id,
+            otype: shape.otype,
+            second: input.created,
+        },
+        stored,
+        me,
+        delete_at,
+        now_ms,
+    )?;
+
+    // Explain what happened to this event.
+    let won = settled.won;
+    Ok(match (shape.kind, settled.rule) {
+        (Kind::Deleted, _) => Decision::Tombstoned,
+        _ if settled.tombstone && !won => Decision::DeletedIgnored,
+        (Kind::Created, _) if !won || settled.same_as_stored => Decision::CreatedIgnored,
+        // The event carries the state already mirrored: it can only confirm it.
+        _ if won && (settled.tombstone || settled.same_as_stored) => Decision::Unchanged,
+        (_, None) => Decision::Unchanged,
+        (_, Some(rule)) => Decision::TieResolved(rule),
+    })
+}
+
+/// The object and second being decided.
+#[derive(Clone, Copy)]
+pub(super) struct Second<'a> {
+    pub(super) id: &'a str,
+    pub(super) otype: &'a str,
+    pub(super) second: i64,
+}
+
+/// How a tied second was settled, seen from the newcomer.
+pub(super) struct Settled {
+    /// The newcomer's state won.
+    pub(super) won: bool,
+    /// The newcomer's state is the one the row held before.
+    pub(super) same_as_stored: bool,
+    /// The rule that decided (`None`: one state, or one delete, was left without a tie-break).
+    pub(super) rule: Option<TieRule>,
+    /// The winner is a delete's state.
+    pub(super) tombstone: bool,
+}
+
+/// Decides second `at.second` of object `at.id` over every state known for it: the stored events
+/// of that second, the newcomer (the event being applied, or a state just fetched), a fetched
+/// state of that second (`fetched`), and the stored row itself when none of those is its source
+/// (its event was pruned). Writes the winner when the row changes. `delete_at` is the newcomer's
+/// delete second, if it is a delete.
+pub(super) fn settle(
+    conn: &Connection,
+    at: Second,
+    stored: &Stored,
+    newcomer: Candidate,
+    delete_at: Option<i64>,
+    now_ms: i64,
+) -> rusqlite::Result<Settled> {
+    // Gather every state of the object at this second.
+    let except = newcomer.event_id.clone().unwrap_or_default();
+    let group = load_group(conn, at.id, at.second, &except, at.otype)?;
+    let Some(mut cands) = group else {
+        // Too many to compare on every arrival: the newcomer wins, flagged for a refetch.
+        log::warn!(
+            "project: over {MAX_TIE_EVENTS} events in one second, last arrival wins object_id={} second={}",
+            at.id,
+            at.second
+        );
+        let text = newcomer.text();
+        let row = row_of(at, &newcomer, &text, true);
+        update(conn, at.id, &row, delete_at, now_ms)?;
+        return Ok(Settled {
+            won: true,
+            same_as_stored: false,
+            rule: Some(TieRule::LastArrival),
+            tombstone: newcomer.kind == Kind::Deleted,
+        });
+    };
+    let newcomer_fetched = newcomer.fetched;
+    cands.push(newcomer);
     let me = cands.len() - 1;
-    let stored_found = stored
-        .event_id
-        .as_deref()
-        .is_some_and(|id| cands.iter().any(|c| c.event_id.as_deref() == Some(id)));
+    // A fetched state of this second competes too; a newly fetched one replaces it.
+    if !newcomer_fetched {
+        if let Some(c) = fetched_candidate(conn, at.id, at.second, at.otype)? {
+            cands.push(c);
+        }
+    }
+    let stored_found = if stored.is_fetched() {
+        cands.iter().any(|c| c.fetched)
+    } else {
+        stored
+            .event_id
+            .as_deref()
+            .is_some_and(|id| cands.iter().any(|c| c.event_id.as_deref() == Some(id)))
+    };
     if !stored_found {
-        if let Some(c) = stored.candidate(shape.otype) {
+        if let Some(c) = stored.candidate(at.otype) {
             cands.push(c);
         }
     }
@@ -94,7 +165,8 @@ pub(super) fn tie(
             .position(|s| s.members.iter().any(|&i| pick(i)))
     };
     let my_state = state_of(&|i| i == me);
-    let stored_state = state_of(&|i| cands[i].event_id == stored.event_id);
+    let stored_state =
+        state_of(&|i| cands[i].event_id == stored.event_id && (i != me || !newcomer_fetched));
 
     // Record the winner, represented by its smallest event id so the row is order-independent.
     // `group_states` never makes an empty state, so `members[0]` exists.
@@ -112,43 +184,45 @@ pub(super) fn tie(
     let rep_text = rep.text();
     let changed = *rep_text != *stored.data
         || rep.event_id != stored.event_id
+        || rep.source != stored.source
+        || Some(rep.seq) != stored.k_seq
         || uncertain != stored.uncertain
         || delete_at.is_some();
     if changed {
-        let row = Row {
-            otype: shape.otype,
-            account: rep.account.as_deref(),
-            livemode: rep.livemode,
-            data: &rep_text,
-            k_created: Some(input.created),
-            k_rank: rep.rank.status(),
-            k_seq: Some(rep.seq),
-            source: &rep.source,
-            event_id: rep.event_id.as_deref(),
-            uncertain,
-        };
-        update(conn, shape.id, &row, delete_at, now_ms)?;
+        let row = row_of(at, rep, &rep_text, uncertain);
+        update(conn, at.id, &row, delete_at, now_ms)?;
     }
     log::debug!(
-        "project: tie object_id={} second={} states={} rule={:?} winner={:?}",
-        shape.id,
-        input.created,
+        "project: tie object_id={} second={} states={} rule={:?} winner={:?} source={}",
+        at.id,
+        at.second,
         states.len(),
         res.rule,
-        rep.event_id
+        rep.event_id,
+        rep.source
     );
-
-    // Explain what happened to this event.
-    let won = my_state == Some(res.winner);
-    Ok(match (shape.kind, res.rule) {
-        (Kind::Deleted, _) => Decision::Tombstoned,
-        _ if res.tombstone && !won => Decision::DeletedIgnored,
-        (Kind::Created, _) if !won || my_state == stored_state => Decision::CreatedIgnored,
-        // The event carries the state already mirrored: it can only confirm it.
-        _ if won && (res.tombstone || my_state == stored_state) => Decision::Unchanged,
-        (_, None) => Decision::Unchanged,
-        (_, Some(rule)) => Decision::TieResolved(rule),
+    Ok(Settled {
+        won: my_state == Some(res.winner),
+        same_as_stored: my_state == stored_state,
+        rule: res.rule,
+        tombstone: res.tombstone,
     })
+}
+
+/// The row that records candidate `c` as the state of `at`.
+fn row_of<'r>(at: Second<'r>, c: &'r Candidate, text: &'r str, uncertain: bool) -> Row<'r> {
+    Row {
+        otype: at.otype,
+        account: c.account.as_deref(),
+        livemode: c.livemode,
+        data: text,
+        k_created: Some(at.second),
+        k_rank: c.rank.status(),
+        k_seq: Some(c.seq),
+        source: &c.source,
+        event_id: c.event_id.as_deref(),
+        uncertain,
+    }
 }
 
 /// Orders the events of one state to pick the one recorded: real events before the stored row's
@@ -172,25 +246,35 @@ pub(super) fn group_states(cands: &[Candidate]) -> Vec<State> {
     states
 }
 
-/// Picks the winning state: deletes first, then causal, lifecycle, last arrival.
+/// Picks the winning state: deletes (and final states) first, then causal, lifecycle, last arrival.
 ///
 /// The result depends only on the set of candidates (and, for last arrival, their `seq`), never
 /// on the order of `cands`.
 pub(super) fn resolve(cands: &[Candidate], states: &[State]) -> Resolution {
     let has = |s: &State, kind: Kind| s.members.iter().any(|&i| cands[i].kind == kind);
 
-    // A delete's state beats every other state of its second.
-    let mut pool: Vec<usize> = (0..states.len())
-        .filter(|&s| has(&states[s], Kind::Deleted))
-        .collect();
+    // A delete's state beats every other state of its second; so does the final state of an
+    // object that lives on after its `*.deleted` (a canceled subscription), which the lifecycle
+    // puts last.
+    let with = |kind: Kind| -> Vec<usize> {
+        (0..states.len())
+            .filter(|&s| has(&states[s], kind))
+            .collect()
+    };
+    let mut pool = with(Kind::Deleted);
     let tombstone = !pool.is_empty();
+    let mut ended = false;
     if !tombstone {
-        pool = (0..states.len()).collect();
+        pool = with(Kind::Final);
+        ended = !pool.is_empty() && pool.len() < states.len();
+        if pool.is_empty() {
+            pool = (0..states.len()).collect();
+        }
     }
     if pool.len() == 1 {
         return Resolution {
             winner: pool[0],
-            rule: None,
+            rule: ended.then_some(TieRule::Lifecycle),
             tombstone,
         };
     }
@@ -260,7 +344,7 @@ pub(super) fn resolve(cands: &[Candidate], states: &[State]) -> Resolution {
     }
 
     // Last arrival, flagged uncertain.
-    let arrival = |s: usize| states[s].members.iter().map(|&i| cands[i].seq).max();
+    let arrival = |s: usize| states[s].members.iter().map(|&i| cands[i].arrival()).max();
     // `top` holds at least the state that has the best key.
     let mut winner = top[0];
     for &s in &top[1..] {

@@ -11,6 +11,8 @@
 //!
 //! It deliberately holds no assertions: the property and unit tests in `project.rs` do.
 
+use std::collections::BTreeMap;
+
 use rusqlite::Connection;
 use serde_json::{json, Map, Value};
 
@@ -255,11 +257,12 @@ pub fn deliver(
 
 /// The mirror as sorted text: every column that must converge whatever the delivery order
 /// (`first_seen`, `updated_at` and `k_seq` record arrival and are left out). One line per
-/// object: `id type k= rank= del= unc= ev= [live=1] [acct=] data` (newlines in data as `\\n`).
+/// object: `id type k= rank= del= unc= ev= [live=1] [acct=] [src=refetch|backfill] data` (newlines
+/// in data as `\\n`).
 pub fn dump(conn: &Connection) -> rusqlite::Result<String> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, type, k_created, k_rank, deleted, deleted_at, uncertain, event_id, livemode,
-                account, data
+                account, data, source
          FROM objects ORDER BY id",
     )?;
     let mut rows = stmt.query([])?;
@@ -283,16 +286,53 @@ pub fn dump(conn: &Connection) -> rusqlite::Result<String> {
         let acct = r
             .get::<_, Option<String>>(9)?
             .map_or_else(String::new, |a| format!(" acct={a}"));
+        let source: String = r.get(11)?;
+        let src = if source == "event" {
+            String::new()
+        } else {
+            format!(" src={source}")
+        };
         // Raw newlines are escaped so that each object stays on one line.
         let data = r.get::<_, String>(10)?.replace('\n', "\\n");
         out.push_str(&format!(
-            "{id} {otype} k={} rank={} del={del} unc={uncertain} ev={}{live}{acct} {data}\n",
+            "{id} {otype} k={} rank={} del={del} unc={uncertain} ev={}{live}{acct}{src} {data}\n",
             opt(r.get(2)?),
             opt(r.get(3)?),
             event_id.as_deref().unwrap_or("-"),
         ));
     }
     Ok(out)
+}
+
+/// What a mirror equal to Stripe's API must agree on, per object: its data compared as JSON (the
+/// API and webhooks lay the same object out differently), not as text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiState {
+    pub object_type: String,
+    pub deleted: bool,
+    pub data: Value,
+    pub livemode: Option<bool>,
+    pub uncertain: bool,
+}
+
+/// Every mirrored object's [`ApiState`], by id.
+pub fn api_states(conn: &Connection) -> rusqlite::Result<BTreeMap<String, ApiState>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id, type, deleted, data, livemode, uncertain FROM objects")?;
+    let rows = stmt.query_map([], |r| {
+        let data: String = r.get(3)?;
+        Ok((
+            r.get::<_, String>(0)?,
+            ApiState {
+                object_type: r.get(1)?,
+                deleted: r.get(2)?,
+                data: serde_json::from_str(&data).unwrap_or(Value::Null),
+                livemode: r.get(4)?,
+                uncertain: r.get(5)?,
+            },
+        ))
+    })?;
+    rows.collect()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 
 pub mod forward;
 pub mod process;
+pub mod stripe_stub;
 pub mod tools;
 
 use std::io::{Read, Write};
