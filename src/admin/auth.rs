@@ -424,6 +424,7 @@ mod tests {
                 .collect(),
             body: Vec::new(),
             remote: "127.0.0.1:5000".parse().unwrap(),
+            client: "127.0.0.1".parse().unwrap(),
         }
     }
 
