@@ -10,5 +10,6 @@ mod crash;
 mod deploy;
 mod forward;
 mod mirror;
+mod security;
 mod stripe_api;
 mod webhook;

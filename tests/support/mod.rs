@@ -4,6 +4,7 @@
 
 pub mod forward;
 pub mod process;
+pub mod security;
 pub mod stripe_stub;
 pub mod tools;
 
