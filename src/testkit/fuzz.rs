@@ -113,7 +113,7 @@ fn cuts(seed: u8, len: usize) -> Vec<usize> {
     if len == 0 {
         return Vec::new();
     }
-    let mut x = u64::from(seed) * 0x9E37_79B9_7F4A_7C15 + 1;
+    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..(seed % 9))
         .map(|_| {
             x ^= x << 13;
