@@ -25,7 +25,11 @@ fn every_corpus_file_replays_through_its_target() {
         for file in &files {
             let data = std::fs::read(file).unwrap();
             if catch_unwind(AssertUnwindSafe(|| run(&data))).is_err() {
-                panic!("{name}: {} fails (replay: cargo +nightly fuzz run {name} {})", file.display(), file.display());
+                panic!(
+                    "{name}: {} fails (replay: cargo +nightly fuzz run {name} {})",
+                    file.display(),
+                    file.display()
+                );
             }
         }
         total += files.len();

@@ -13,7 +13,18 @@ use stripe_inbox::{event::signature, time};
 
 use super::{config_text, free_addr, SECRET};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_stripe-inbox");
+/// The binary. Cargo names it for the integration tests; an example that includes this module
+/// (`examples/soak.rs`) finds it in its own profile directory (`target/<profile>/`), next to
+/// `examples/`.
+pub fn bin() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_stripe-inbox") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("stripe-inbox")))
+            .unwrap_or_else(|| PathBuf::from("stripe-inbox")),
+    }
+}
 
 /// A `stripe-inbox serve` child on `dir/inbox.db`, on fresh free ports.
 pub struct Server {
@@ -48,10 +59,10 @@ impl Server {
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
                 let mut cmd = Command::new(first);
-                cmd.args(rest).arg(BIN);
+                cmd.args(rest).arg(bin());
                 cmd
             }
-            None => Command::new(BIN),
+            None => Command::new(bin()),
         };
         let mut child = cmd
             .args(["serve", "--config"])
@@ -135,7 +146,7 @@ impl Drop for Server {
 
 /// Runs `stripe-inbox ARGS --config CONFIG`.
 pub fn run(args: &[&str], config: &Path) -> Output {
-    Command::new(BIN)
+    Command::new(bin())
         .args(args)
         .arg("--config")
         .arg(config)

@@ -15,7 +15,7 @@ use stripe_inbox::config::Config;
 use stripe_inbox::service::Service;
 use stripe_inbox::{event::signature, time};
 
-use super::process::BIN;
+use super::process::bin;
 use super::{event, free_addr, read_reply, request, Reply, TempDir, TestApp, SECRET};
 
 /// The variable holding [`API_TOKEN`] for the services started here.
@@ -225,7 +225,7 @@ impl ServeChild {
             config(dir.path(), (&webhook_addr, &admin_addr), "", admin),
         )
         .unwrap();
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .args(["serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
