@@ -40,6 +40,7 @@
 //! - **Behind a proxy**: the client address is the TCP peer, unless the peer is in
 //!   `trusted_proxies`; then it is the address `X-Forwarded-For` names (see `peers`). A
 //!   trusted proxy's connection counts under the client whose request it carries.
+//!
 //! Log lines of refused connections are throttled to one a second per listener.
 //!
 //! After a response that closes the connection, unread bytes from the client are drained for at

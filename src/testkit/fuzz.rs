@@ -12,8 +12,11 @@ use crate::event::{envelope, signature};
 use crate::http::{frame_for_fuzzing, Framed};
 use crate::time;
 
+/// A target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its corpus folder.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("http_framing", http_framing),
     ("stripe_signature", stripe_signature),
     ("envelope", envelope),
