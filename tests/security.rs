@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use stripe_inbox::time;
 
 use crate::support::security::{
-    call_from, genuine_events, signed, start, Attack, Kind, ServeChild, API_TOKEN,
+    call_from, genuine_events, serve, signed, start, Attack, Kind, API_TOKEN,
 };
-use crate::support::{event, event_id, raw, request, Reply};
+use crate::support::{event, event_id, raw, request, Reply, TempDir};
 
 const ATTACKER: &str = "127.0.0.2";
 const GENUINE: &str = "127.0.0.3";
@@ -84,7 +84,8 @@ fn the_admin_and_read_api_stay_reachable_while_one_address_attacks() {
 /// link's session; `/healthz`, `/metrics` and the webhook do not care.
 #[test]
 fn without_a_password_the_admin_is_closed_but_for_the_login_link() {
-    let serve = ServeChild::start("password_env = \"\"");
+    let dir = TempDir::new("security-link");
+    let serve = serve(&dir, "password_env = \"\"");
     let ua = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120 Safari/537.36";
     let heads = [
         format!("GET /events HTTP/1.0\r\nHost: 127.0.0.1:8081\r\nUser-Agent: {ua}\r\n\r\n"),
@@ -110,7 +111,7 @@ fn without_a_password_the_admin_is_closed_but_for_the_login_link() {
     }
     let body = event("customer.created");
     assert_eq!(
-        raw(serve.webhook, &signed(&body)).status,
+        raw(serve.addr, &signed(&body)).status,
         200,
         "webhooks never depend on the admin"
     );

@@ -100,7 +100,10 @@ struct Client {
 
 impl Client {
     fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Client::on(TcpStream::connect(addr).expect("connect"))
+    }
+
+    fn on(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(CLIENT_WAIT)).unwrap();
         stream.set_nodelay(true).unwrap();
         Client {
@@ -569,13 +572,7 @@ fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
 
 impl Client {
     fn connect_from(src: &str, addr: SocketAddr) -> Client {
-        let stream = connect_from(src, addr);
-        stream.set_read_timeout(Some(CLIENT_WAIT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client {
-            stream,
-            buf: Vec::new(),
-        }
+        Client::on(connect_from(src, addr))
     }
 }
 

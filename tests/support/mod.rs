@@ -97,8 +97,13 @@ impl TestApp {
             database_extra,
             admin_extra,
         );
+        TestApp::start_on(dir, &text)
+    }
+
+    /// A service on this config text (written to `dir/config.toml`).
+    pub fn start_on(dir: TempDir, text: &str) -> TestApp {
         let path = dir.path().join("config.toml");
-        std::fs::write(&path, &text).unwrap();
+        std::fs::write(&path, text).unwrap();
         let config = Config::load(&path).unwrap();
         let service = Service::start(&config).unwrap();
         let addr = service.webhook_addr();

@@ -50,11 +50,23 @@ impl Server {
     /// `prlimit ...`) without waiting for it to listen.
     pub fn spawn(dir: &Path, database_extra: &str, top: &str, prefix: &[&str]) -> Server {
         let (webhook, admin) = (free_addr(), free_addr());
-        let config = dir.join("config.toml");
         let text = format!(
             "{}{top}\n",
             config_text(dir, &webhook, &admin, database_extra)
         );
+        Server::spawn_on(dir, &text, (&webhook, &admin), prefix, "warn")
+    }
+
+    /// Starts `serve` on this config text (whose listeners are `listen`), logging at `rust_log`,
+    /// without waiting for it to listen.
+    pub fn spawn_on(
+        dir: &Path,
+        text: &str,
+        listen: (&str, &str),
+        prefix: &[&str],
+        rust_log: &str,
+    ) -> Server {
+        let config = dir.join("config.toml");
         std::fs::write(&config, text).unwrap();
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
@@ -67,7 +79,7 @@ impl Server {
         let mut child = cmd
             .args(["serve", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .env_remove("STRIPE_WEBHOOK_SECRET")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -88,8 +100,8 @@ impl Server {
         });
         Server {
             child,
-            addr: webhook.parse().unwrap(),
-            admin: admin.parse().unwrap(),
+            addr: listen.0.parse().unwrap(),
+            admin: listen.1.parse().unwrap(),
             config,
             db: dir.join("inbox.db"),
             log,

@@ -5,17 +5,14 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use stripe_inbox::config::Config;
-use stripe_inbox::service::Service;
 use stripe_inbox::{event::signature, time};
 
-use super::process::bin;
+use super::process::Server;
 use super::{event, free_addr, read_reply, request, Reply, TempDir, TestApp, SECRET};
 
 /// The variable holding [`API_TOKEN`] for the services started here.
@@ -38,19 +35,8 @@ pub fn start(webhook: &str, admin: &str) -> TestApp {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| std::env::set_var(API_TOKEN_ENV, API_TOKEN));
     let dir = TempDir::new("security");
-    let path = dir.path().join("config.toml");
     let text = config(dir.path(), ("127.0.0.1:0", "127.0.0.1:0"), webhook, admin);
-    std::fs::write(&path, text).unwrap();
-    let config = Config::load(&path).unwrap();
-    let service = Service::start(&config).unwrap();
-    let (addr, admin) = (service.webhook_addr(), service.admin_addr());
-    TestApp {
-        dir,
-        config,
-        service: Some(service),
-        addr,
-        admin,
-    }
+    TestApp::start_on(dir, &text)
 }
 
 /// A TCP connection from `src` to `addr`.
@@ -206,74 +192,11 @@ pub fn genuine_events(src: &str, addr: SocketAddr, n: usize) -> Duration {
     slowest
 }
 
-/// `stripe-inbox serve` as a child process on a config of our own; its stderr is collected.
-pub struct ServeChild {
-    child: Child,
-    pub webhook: SocketAddr,
-    pub admin: SocketAddr,
-    log: Arc<Mutex<Vec<u8>>>,
-    _dir: TempDir,
-}
-
-impl ServeChild {
-    pub fn start(admin: &str) -> ServeChild {
-        let dir = TempDir::new("security-child");
-        let (webhook_addr, admin_addr) = (free_addr(), free_addr());
-        let path = dir.path().join("config.toml");
-        std::fs::write(
-            &path,
-            config(dir.path(), (&webhook_addr, &admin_addr), "", admin),
-        )
-        .unwrap();
-        let mut child = Command::new(bin())
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .env_remove("STRIPE_WEBHOOK_SECRET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (mut stderr, sink) = (child.stderr.take().unwrap(), log.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        let server = ServeChild {
-            child,
-            webhook: webhook_addr.parse().unwrap(),
-            admin: admin_addr.parse().unwrap(),
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(server.admin).is_err()
-            || TcpStream::connect(server.webhook).is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "serve did not start: {}",
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        server
-    }
-
-    pub fn log(&self) -> String {
-        String::from_utf8_lossy(&self.log.lock().unwrap()).to_string()
-    }
-}
-
-impl Drop for ServeChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `stripe-inbox serve` as a child process (logging at info) with these keys in `[admin]`.
+pub fn serve(dir: &TempDir, admin: &str) -> Server {
+    let (webhook, admin_addr) = (free_addr(), free_addr());
+    let text = config(dir.path(), (&webhook, &admin_addr), "", admin);
+    let server = Server::spawn_on(dir.path(), &text, (&webhook, &admin_addr), &[], "info");
+    server.wait_ready();
+    server
 }
