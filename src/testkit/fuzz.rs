@@ -70,7 +70,8 @@ pub fn http_framing(data: &[u8]) {
                 "{name:?}: {value:?}"
             );
         }
-        // Written out again with a plain Content-Length, it frames to the same request.
+        // Written out again with a plain Content-Length, it frames to the same request (found by
+        // the fuzzer: corpus file crash-reencoded-head-over-the-header-limit).
         let mut again = format!("{method} {path}");
         if !query.is_empty() {
             again.push('?');
@@ -85,7 +86,11 @@ pub fn http_framing(data: &[u8]) {
                 again.push_str(&format!("{name}: {value}\r\n"));
             }
         }
-        again.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        // (No `Content-Length: 0` for an empty body: a head at the header limit would pass it.)
+        if !body.is_empty() {
+            again.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        again.push_str("\r\n");
         let mut bytes = again.into_bytes();
         bytes.extend_from_slice(body);
         match frame_for_fuzzing(&bytes, max_body, &[]).first() {
