@@ -178,12 +178,13 @@ impl Conn {
         }
     }
 
-    /// Half-closes, then drains what the client still sends (bounded), then drops the socket.
-    pub(super) fn close(mut self, linger: Duration) {
+    /// Half-closes, then drains what the client still sends (bounded, and only until the
+    /// registry wants the slot), then drops the socket.
+    pub(super) fn close(mut self, linger: Duration, ticket: &Ticket) {
         let _ = self.stream.shutdown(Shutdown::Write);
         let until = Instant::now() + linger;
         let mut drained = 0;
-        while drained < LINGER_MAX_BYTES {
+        while drained < LINGER_MAX_BYTES && !ticket.closed() {
             self.buf.clear();
             self.pos = 0;
             match self.read_more(until) {
@@ -223,7 +224,10 @@ pub(super) fn serve_connection(
                 } else {
                     LINGER
                 };
-                conn.close(linger);
+                // Its last answer is written: lingering holds nothing the client needs, so the
+                // slot may be taken for a new connection like an idle one's.
+                shared.registry.idle(ticket, Instant::now(), proxied);
+                conn.close(linger, ticket);
                 return;
             }
             Next::Drop => return,

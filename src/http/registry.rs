@@ -10,6 +10,8 @@
 //!   room for its new one; if none of its connections is idle, the new one is refused.
 //! - At `max_connections`, the longest-idle connection of any address is closed to make room; only
 //!   when none is idle is the new one refused.
+//! - A connection that has written its last answer and only lingers to let the client read it
+//!   counts as idle: closing it early loses nothing.
 //!
 //! Closing is a flag the connection's thread looks at every poll (250 ms), not a second file
 //! descriptor per connection: the slot is free at once, the thread ends within a poll.

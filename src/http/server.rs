@@ -208,7 +208,11 @@ pub(super) fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
 /// The acceptor's own answer when a limit refuses a connection.
 pub(super) fn reject_busy(shared: &Shared, mut stream: TcpStream, peer: SocketAddr, limit: &str) {
     let started = Instant::now();
-    let response = Response::text(503, "server busy\n").with_header("Retry-After", "1");
+    let body = match limit {
+        "max_connections_per_addr" => "server busy: too many connections from your address\n",
+        _ => "server busy\n",
+    };
+    let response = Response::text(503, body).with_header("Retry-After", "1");
     let wire = encode(&response, ConnectionHeader::Close, false);
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(REJECT_WRITE_TIMEOUT));

@@ -609,6 +609,25 @@ fn one_address_is_held_to_its_limit() {
     );
 }
 
+/// A connection that has written its last answer and lingers (the client has not closed yet)
+/// holds no slot a newcomer from the same address needs: found when back-to-back genuine
+/// requests on a loaded machine were refused while their predecessors lingered.
+#[test]
+fn a_lingering_connection_makes_room_like_an_idle_one() {
+    let server = start(ServerConfig {
+        max_connections_per_addr: 1,
+        ..config()
+    });
+    let addr = server.local_addr();
+    let mut first = Client::connect_from("127.0.0.4", addr);
+    let resp = first.call("GET /1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(resp.header("connection"), Some("close"));
+    // `first` is still open, so the server lingers on it for up to a second.
+    let mut second = Client::connect_from("127.0.0.4", addr);
+    assert_eq!(second.call(get("/2")).status, 200);
+    first.expect_closed();
+}
+
 /// Eight addresses fill the listener with idle connections (each within its own limit): a ninth
 /// address still gets in, by closing the longest idle.
 #[test]
