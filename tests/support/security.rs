@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use stripe_inbox::{event::signature, time};
-
 use super::process::Server;
-use super::{event, free_addr, read_reply, request, Reply, TempDir, TestApp, SECRET};
+use super::{event, free_addr, read_reply, signed_request, Reply, TempDir, TestApp, SECRET};
 
 /// The variable holding [`API_TOKEN`] for the services started here.
 pub const API_TOKEN_ENV: &str = "STRIPE_INBOX_IT_SECURITY_API_TOKEN";
@@ -59,14 +57,7 @@ pub fn call_from(src: &str, addr: SocketAddr, bytes: &[u8]) -> Reply {
 
 /// A signed webhook request for `body` (with `Connection: close`).
 pub fn signed(body: &[u8]) -> Vec<u8> {
-    let sig = signature::sign(body, SECRET, time::now_ms() / 1000);
-    request(
-        "POST",
-        "/webhooks/stripe",
-        body,
-        &[("Stripe-Signature", &sig)],
-        true,
-    )
+    signed_request(body, true)
 }
 
 /// What an attacking connection does once connected.
