@@ -468,7 +468,7 @@ fn time_pages(dir: &Path, path: &Path, runs: usize) {
     std::fs::write(
         &config_path,
         format!(
-            "[database]\npath = \"{}\"\n[webhook]\nlisten = \"127.0.0.1:0\"\nsecrets = [\"whsec_bench\"]\nsecrets_env = \"\"\n[admin]\nlisten = \"127.0.0.1:0\"\npassword_env = \"\"\n",
+            "[database]\npath = \"{}\"\n[webhook]\nlisten = \"127.0.0.1:0\"\nsecrets = [\"whsec_bench\"]\nsecrets_env = \"\"\n[admin]\nlisten = \"127.0.0.1:0\"\npassword_env = \"\"\nopen_on_loopback = true\n",
             path.display()
         ),
     )

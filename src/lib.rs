@@ -10,7 +10,7 @@
 //! ## Bird's-eye flow
 //!
 //! ```text
-//! Stripe ─POST─▶ http::Server (a thread per connection, bounded, timeouts)
+//! Stripe ─POST─▶ http::Server (a thread per connection, bounded overall and per address, timeouts)
 //!                 └▶ ingest::endpoint::Endpoint::handle
 //!                      1. route + method
 //!                      2. event::signature::verify (every v1 × every secret, constant time)
@@ -57,7 +57,10 @@
 //! - [`event`]: what a Stripe event is: [`event::envelope`], [`event::signature`] (verify and sign),
 //!   [`event::types`] (event type → object type, type patterns), [`event::testevent`].
 //! - [`http`]: the HTTP/1.1 core: [`http::Server`] (`server.rs`), one connection's life
-//!   (`connection.rs`), the wire format (`wire.rs`); [`http::Request`], [`http::Response`].
+//!   (`connection.rs`: timeouts, the write budget), the wire format (`wire.rs`: the one framing
+//!   path, strict, pure, fuzzed through [`http::frame_for_fuzzing`]), the connections per address
+//!   and idle eviction (`registry.rs`), trusted proxies and the client behind them (`peers.rs`);
+//!   [`http::Request`], [`http::Response`].
 //!
 //! Storage:
 //! - [`store`]: opening connections ([`store::open`], the only module allowed to), migrations from
@@ -93,7 +96,8 @@
 //! - [`cli`]: argv → one subcommand file each, [`cli::options`] (the one parser),
 //!   [`cli::progress`] (the one progress bar).
 //! - `testkit` (tests and the `testkit` feature only, never in the release binary): the event
-//!   streams of the mirror's property tests, and a temp dir removed on drop.
+//!   streams of the mirror's property tests, a temp dir removed on drop, and the fuzz targets'
+//!   bodies (`testkit::fuzz`, run by `fuzz/` and by the corpus replay in `cargo test`).
 //!
 //! Dependencies point one way: cli → service → ingest / admin / ops / forward / stripe_api → mirror
 //! → store → leaves (ingest and admin use forward; forward uses neither; stripe_api uses ingest's
@@ -130,7 +134,13 @@
 //! - `event`, `mirror`'s rules, `admin::html`, `admin::form`, `format` and `time` (but for
 //!   [`time::now_ms`]) are pure: no I/O, the clock is passed in.
 //! - The admin never writes except through the writer; every value it shows is HTML-escaped; every
-//!   POST it takes carries a CSRF token; without a password it answers only on loopback.
+//!   POST it takes carries a CSRF token; without a password its pages need the one-time login
+//!   link's session, unless the owner set `open_on_loopback` (loopback only, no proxies). No
+//!   request header decides who may see a page.
+//! - `X-Forwarded-For` is believed only from a peer in `trusted_proxies`; the client address it
+//!   gives ([`http::Request::client`]) is what the per-address limits and the login limits count.
+//! - Every parser of outside input is total (no panic on any bytes) and has a fuzz target
+//!   (`fuzz/`); the corpus is replayed by `cargo test`.
 //! - Schema changes are appended as numbered steps to `schema.sql`, never edited; a database from a
 //!   newer build is refused.
 //! - A delivery to the app exists only for a stored event (one transaction; a repeated delivery

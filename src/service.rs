@@ -116,10 +116,13 @@ impl Service {
             effects,
             counters: counters.clone(),
         });
+        let (webhook_proxies, admin_proxies) = config.trusted_proxies();
         let webhook_config = ServerConfig {
             name: "webhook",
             max_body_bytes: config.webhook.max_body_bytes,
             max_connections: config.webhook.max_connections,
+            max_connections_per_addr: config.webhook.max_connections_per_addr,
+            trusted_proxies: webhook_proxies,
             idle_timeout: config.idle_timeout(),
             ..ServerConfig::default()
         };
@@ -140,14 +143,11 @@ impl Service {
                 config.api.token_env
             );
         }
-        if admin_password.is_none() {
-            log::warn!(
-                "no admin password (set {}): the admin page is open to whoever reaches {}",
-                config.admin.password_env,
-                config.admin.listen
-            );
-        }
-        let auth = match Auth::new(admin_password.as_deref(), config.admin.cookie_secure) {
+        let auth = match Auth::new(
+            admin_password.as_deref(),
+            config.admin.open_on_loopback,
+            config.admin.cookie_secure,
+        ) {
             Ok(auth) => auth,
             Err(e) => {
                 webhook.shutdown(Duration::from_secs(1));
@@ -156,6 +156,7 @@ impl Service {
                 return Err(e);
             }
         };
+        let login_link = auth.take_login_link_token();
         let admin_state = Arc::new(Admin {
             api,
             pool,
@@ -170,6 +171,8 @@ impl Service {
             name: "admin",
             max_body_bytes: 64 * 1024,
             max_connections: 64,
+            max_connections_per_addr: config.admin.max_connections_per_addr,
+            trusted_proxies: admin_proxies,
             ..ServerConfig::default()
         };
         let control_routes = control.clone();
@@ -202,6 +205,20 @@ impl Service {
                 return Err(e);
             }
         };
+        // Issue 13: the pages are closed without a password unless the owner opted in; the one
+        // way in then is this link, which goes to the log once and nowhere else.
+        match (&login_link, config.admin.open_on_loopback) {
+            (Some(token), _) => log::warn!(
+                "no admin password (set {}): the admin pages are closed; open this one-time link to log in: http://{}/login?token={token}",
+                config.admin.password_env,
+                admin.local_addr()
+            ),
+            (None, true) if admin_password.is_none() => log::warn!(
+                "no admin password and [admin] open_on_loopback = true: the admin pages are open to whoever reaches {}",
+                admin.local_addr()
+            ),
+            _ => {}
+        }
         let retention = match Scheduler::start(
             &database,
             writer.handle(),

@@ -12,8 +12,13 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The latest time [`parse_rfc3339`] and [`parse_when`] give: 9999-12-31T23:59:59Z. Keeping every
+/// parsed time within years 0000-9999 lets callers turn it into milliseconds without overflow.
+pub const MAX_SECS: i64 = 253_402_300_799;
+
 /// Parses an RFC 3339 timestamp (`2025-10-04T15:13:32.232083866Z`, or with a `+hh:mm` offset) to
-/// unix seconds, dropping the fraction.
+/// unix seconds, dropping the fraction. Total: any text gives a time or `None`, never a panic
+/// (it works on bytes, so a multi-byte character anywhere is just a byte that does not match).
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
@@ -22,33 +27,32 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     if b[13] != b':' || b[16] != b':' {
         return None;
     }
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        let part = s.get(range)?;
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())?
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let (year, month, day) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
+    let (hour, min, sec) = (
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+    );
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
         return None;
     }
-    let mut rest = &s[19..];
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
+    let mut rest = &b[19..];
+    if let Some(frac) = rest.strip_prefix(b".") {
+        let n = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
             return None;
         }
-        rest = &frac[digits..];
+        rest = &frac[n..];
     }
     let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6
-            && (rest.starts_with('+') || rest.starts_with('-'))
-            && &rest[3..4] == ":" =>
-        {
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            sign * (num_str(&rest[1..3])? * 3600 + num_str(&rest[4..6])? * 60)
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let (h, m) = (digits(&[*h1, *h2])?, digits(&[*m1, *m2])?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let sign = if *sign == b'-' { -1 } else { 1 };
+            sign * (h * 3600 + m * 60)
         }
         _ => return None,
     };
@@ -61,7 +65,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
 pub fn parse_when(text: &str) -> Option<i64> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse().ok();
+        return text.parse().ok().filter(|secs| *secs <= MAX_SECS);
     }
     let text = text.replacen(' ', "T", 1);
     match text.len() {
@@ -70,6 +74,7 @@ pub fn parse_when(text: &str) -> Option<i64> {
         19 => parse_rfc3339(&format!("{text}Z")),
         _ => parse_rfc3339(&text),
     }
+    .filter(|secs| (0..=MAX_SECS).contains(secs))
 }
 
 /// A duration as people type it, to milliseconds: a whole number and one unit, `s`, `m`, `h`, `d`
@@ -89,10 +94,11 @@ pub fn parse_duration_ms(text: &str) -> Option<i64> {
     number.checked_mul(ms).filter(|ms| *ms >= 0)
 }
 
-fn num_str(s: &str) -> Option<i64> {
-    s.bytes()
-        .all(|c| c.is_ascii_digit())
-        .then(|| s.parse().ok())?
+/// The value of a run of ASCII digits (at most 4 here), `None` if any byte is not one.
+fn digits(b: &[u8]) -> Option<i64> {
+    b.iter().try_fold(0i64, |n, c| {
+        c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+    })
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -155,6 +161,26 @@ mod tests {
         assert_eq!(parse_rfc3339("2025-10-04"), None);
         assert_eq!(parse_rfc3339("2025-13-04T15:13:32Z"), None);
         assert_eq!(parse_rfc3339("2025-10-04T15:13:32"), None);
+        assert_eq!(parse_rfc3339("2025-10-04T15:13:32+24:00"), None);
+    }
+
+    /// Issue 13, case 5: `&rest[3..4]` on a non-char boundary panicked (a thin event's `created`
+    /// and the admin's `from=` reached it). Every slice is now of bytes.
+    #[test]
+    fn rfc3339_non_char_boundary_is_none_not_a_panic() {
+        for bad in [
+            "2025-10-04T15:13:32+0é00",
+            "2025-10-04T15:13:32+é:00",
+            "2025-10-04T15:13:32é0:00",
+            "2025-10-04T15:13:3é+00:00",
+            "2025-1é-04T15:13:32Z",
+            "2025-10-04T15:13:32.é",
+            "2025-10-04T15:13:32.5+0é0",
+            "€€€€€€€€€€€€€€€€€€€€",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+            assert_eq!(parse_when(bad), None, "{bad}");
+        }
     }
 
     #[test]
@@ -164,7 +190,19 @@ mod tests {
         assert_eq!(parse_when("2025-10-04T15:13:32Z"), Some(1_759_590_812));
         assert_eq!(parse_when("2025-10-04T15:13"), Some(1_759_590_780));
         assert_eq!(parse_when("2025-10-04 15:13:32"), Some(1_759_590_812));
-        for bad in ["", "yesterday", "2025-13-01", "-5", "2025-10-04T25:00"] {
+        // Past year 9999 (so that `* 1000` cannot overflow a caller's milliseconds).
+        assert_eq!(parse_when("253402300799"), Some(MAX_SECS));
+        assert_eq!(parse_when("9999-12-31T23:59:59Z"), Some(MAX_SECS));
+        for bad in [
+            "",
+            "yesterday",
+            "2025-13-01",
+            "-5",
+            "2025-10-04T25:00",
+            "253402300800",
+            "9223372036854775807",
+            "0000-01-01",
+        ] {
             assert_eq!(parse_when(bad), None, "{bad}");
         }
     }

@@ -78,17 +78,55 @@ fn stored(conn: &rusqlite::Connection, id: &str) -> i64 {
 /// interleaving still varies between runs.
 #[test]
 fn sigkill_at_random_moments_loses_nothing_that_was_answered() {
-    const ROUNDS: usize = 30;
+    let dir = TempDir::new("crash");
+    let mut rng = Rng::from_env("STRIPE_INBOX_CRASH_SEED", "crash");
+    let figures = sigkill_rounds(dir.path(), 30, &mut rng);
+    assert!(figures.answered > 200, "only {} answered", figures.answered);
+    println!("crash: {}", figures.summary());
+}
+
+/// What [`sigkill_rounds`] did.
+#[derive(Debug)]
+pub struct Figures {
+    pub rounds: usize,
+    pub kills_in_startup: usize,
+    /// Distinct events answered 2xx.
+    pub answered: usize,
+    /// Of those, answered more than once (a redelivery after a kill).
+    pub redelivered: usize,
+    /// Rows in `events` at the end (every event ever sent, once).
+    pub stored: usize,
+    pub seconds: f64,
+}
+
+impl Figures {
+    pub fn summary(&self) -> String {
+        format!(
+            "{} rounds ({} killed in start-up), {} events stored, {} answered, {} answered more \
+             than once after a kill, {:.1} s",
+            self.rounds,
+            self.kills_in_startup,
+            self.stored,
+            self.answered,
+            self.redelivered,
+            self.seconds
+        )
+    }
+}
+
+/// `rounds` rounds of load and SIGKILL on the database in `dir`, then the redeliveries and a
+/// clean stop; asserts that every event answered 2xx is stored exactly once, that every event
+/// ever sent is stored after redelivery, and that the mirror is consistent and equal to a rebuild.
+/// Shared with the soak command (`examples/soak.rs`, 200 rounds).
+pub fn sigkill_rounds(dir: &Path, rounds: usize, rng: &mut Rng) -> Figures {
     const CLIENTS: u64 = 6;
     let started = Instant::now();
-    let mut rng = Rng::from_env("STRIPE_INBOX_CRASH_SEED", "crash");
-    let dir = TempDir::new("crash");
     let answered: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let sent: Arc<Mutex<HashSet<String>>> = Arc::default();
     let pending: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
     let mut kills_in_startup = 0;
-    for round in 0..ROUNDS {
-        let mut server = Server::spawn(dir.path(), "", "", &[]);
+    for round in 0..rounds {
+        let mut server = Server::spawn(dir, "", "", &[]);
         if round > 0 && rng.range(0, 4) == 0 {
             // Killed while opening, migrating or binding.
             let delay = rng.range(0, 40);
@@ -147,7 +185,7 @@ fn sigkill_at_random_moments_loses_nothing_that_was_answered() {
     }
 
     // A last start: deliver what was never answered (Stripe's retries), then stop cleanly.
-    let mut server = Server::start(dir.path(), "", "");
+    let mut server = Server::start(dir, "", "");
     let pending = std::mem::take(&mut *pending.lock().unwrap());
     for body in &pending {
         assert_eq!(try_post(server.addr, body), Some(200), "{}", server.log());
@@ -157,7 +195,6 @@ fn sigkill_at_random_moments_loses_nothing_that_was_answered() {
     assert_mirror_consistent(&server.db);
     let conn = store::open_read_only(&server.db).unwrap();
     let answered = answered.lock().unwrap();
-    assert!(answered.len() > 200, "only {} answered", answered.len());
     let lost: Vec<_> = answered
         .keys()
         .filter(|id| stored(&conn, id) != 1)
@@ -175,13 +212,14 @@ fn sigkill_at_random_moments_loses_nothing_that_was_answered() {
         .unwrap();
     assert_eq!(rows as usize, sent.lock().unwrap().len());
     let redelivered = answered.values().filter(|n| **n > 1).count();
-    println!(
-        "crash: {ROUNDS} rounds ({kills_in_startup} killed in start-up), {} events stored, {} \
-         answered more than once after a kill, {:.1} s",
-        rows,
+    Figures {
+        rounds,
+        kills_in_startup,
+        answered: answered.len(),
         redelivered,
-        started.elapsed().as_secs_f64()
-    );
+        stored: rows as usize,
+        seconds: started.elapsed().as_secs_f64(),
+    }
 }
 
 /// A full disk, made without root and without a mount: the server runs under a file-size limit

@@ -9,6 +9,8 @@ mod cli;
 mod crash;
 mod deploy;
 mod forward;
+mod fuzz_corpus;
 mod mirror;
+mod security;
 mod stripe_api;
 mod webhook;

@@ -7,7 +7,13 @@
 //!
 //! Guarded by a bearer token read from the environment variable `[api] token_env` names; with no
 //! token configured the API is off and every `/api/` path answers 404. The token is compared in
-//! constant time and never logged. Reads go through the `query_only` pool only.
+//! constant time and never logged; the scheme `Bearer` is matched in any case (RFC 9110 §11.1).
+//! Every answer carries `X-Content-Type-Options: nosniff` and `Cache-Control: no-store` (it is
+//! private data). Reads go through the `query_only` pool only.
+//!
+//! A `metadata[KEY]` filter becomes a JSON path; a key that a path cannot hold exactly (empty,
+//! over 40 characters as Stripe limits keys, or with `"`, `\`, `[`, `]` or a control character)
+//! is a 400, never a query that fails.
 
 use rusqlite::types::Value as SqlValue;
 use serde_json::{json, Value};
@@ -20,6 +26,8 @@ use crate::store::ReadPool;
 /// The most objects one list call returns.
 const MAX_LIMIT: usize = 100;
 const DEFAULT_LIMIT: usize = 25;
+/// Stripe's limit on a metadata key's length.
+const MAX_METADATA_KEY: usize = 40;
 
 /// The API's state: the pool and the token (None: the API is off).
 pub struct Api {
@@ -30,17 +38,20 @@ pub struct Api {
 impl Api {
     /// Handles a request whose path starts with `/api/`.
     pub fn handle(&self, req: &Request) -> Response {
+        self.answer(req)
+            .with_header("X-Content-Type-Options", "nosniff")
+            .with_header("Cache-Control", "no-store")
+    }
+
+    fn answer(&self, req: &Request) -> Response {
         let Some(token) = &self.token else {
             return Response::json_error(
                 404,
                 "not found: the read API is off (set [api] token_env)",
             );
         };
-        let given = req
-            .header("authorization")
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !crypto::ct_eq(given.trim().as_bytes(), token.as_bytes()) {
+        let given = req.header("authorization").and_then(bearer).unwrap_or("");
+        if !crypto::ct_eq(given.as_bytes(), token.as_bytes()) {
             return Response::json_error(401, "unauthorized: send Authorization: Bearer <token>")
                 .with_header("WWW-Authenticate", "Bearer")
                 .with_log("api=unauthorized");
@@ -81,47 +92,11 @@ impl Api {
     }
 
     fn list(&self, query: &str) -> Result<Response, ApiError> {
-        let mut clauses = Vec::new();
-        let mut params: Vec<SqlValue> = Vec::new();
-        let mut limit = DEFAULT_LIMIT;
-        for (key, value) in Form::parse(query).0 {
-            let mut add = |clause: &str, value: String| {
-                params.push(SqlValue::Text(value));
-                clauses.push(clause.replace('?', &format!("?{}", params.len())));
-            };
-            match key.as_str() {
-                "type" => add("type = ?", value),
-                "customer" => add("json_extract(data, '$.customer') = ?", value),
-                "email" => add("json_extract(data, '$.email') = ? COLLATE NOCASE", value),
-                "status" => add("json_extract(data, '$.status') = ?", value),
-                "starting_after" => add("id > ?", value),
-                "deleted" => match value.as_str() {
-                    "true" => clauses.push("deleted = 1".into()),
-                    "false" => clauses.push("deleted = 0".into()),
-                    _ => return Err(ApiError::BadRequest("deleted must be true or false".into())),
-                },
-                "limit" => {
-                    limit = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=MAX_LIMIT).contains(n))
-                        .ok_or_else(|| {
-                            ApiError::BadRequest(format!("limit must be 1 to {MAX_LIMIT}"))
-                        })?;
-                }
-                k if k.starts_with("metadata[") && k.ends_with(']') => {
-                    let name = &k["metadata[".len()..k.len() - 1];
-                    params.push(SqlValue::Text(name.to_string()));
-                    let n = params.len();
-                    params.push(SqlValue::Text(value));
-                    clauses.push(format!(
-                        "json_extract(data, '$.metadata.\"' || replace(?{n}, '\"', '') || '\"') = ?{}",
-                        n + 1
-                    ));
-                }
-                other => return Err(ApiError::BadRequest(format!("unknown parameter {other:?}"))),
-            }
-        }
+        let ListQuery {
+            clauses,
+            params,
+            limit,
+        } = parse_list_query(query).map_err(ApiError::BadRequest)?;
         let filter = if clauses.is_empty() {
             String::new()
         } else {
@@ -144,6 +119,86 @@ impl Api {
             json!({ "object": "list", "url": "/api/objects", "has_more": has_more, "data": data });
         Ok(Response::json(200, body.to_string()))
     }
+}
+
+/// The filters and page size of a list call, as SQL: `clauses` joined with AND, numbered
+/// parameters `?1..` in `params`.
+#[derive(Debug)]
+pub struct ListQuery {
+    pub clauses: Vec<String>,
+    pub params: Vec<SqlValue>,
+    pub limit: usize,
+}
+
+/// Reads a list call's query string; the error is the 400's message. Pure.
+pub fn parse_list_query(query: &str) -> Result<ListQuery, String> {
+    let mut clauses = Vec::new();
+    let mut params: Vec<SqlValue> = Vec::new();
+    let mut limit = DEFAULT_LIMIT;
+    for (key, value) in Form::parse(query).0 {
+        let mut add = |clause: &str, value: String| {
+            params.push(SqlValue::Text(value));
+            clauses.push(clause.replace('?', &format!("?{}", params.len())));
+        };
+        match key.as_str() {
+            "type" => add("type = ?", value),
+            "customer" => add("json_extract(data, '$.customer') = ?", value),
+            "email" => add("json_extract(data, '$.email') = ? COLLATE NOCASE", value),
+            "status" => add("json_extract(data, '$.status') = ?", value),
+            "starting_after" => add("id > ?", value),
+            "deleted" => match value.as_str() {
+                "true" => clauses.push("deleted = 1".into()),
+                "false" => clauses.push("deleted = 0".into()),
+                _ => return Err("deleted must be true or false".into()),
+            },
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| format!("limit must be 1 to {MAX_LIMIT}"))?;
+            }
+            k if k.starts_with("metadata[") && k.ends_with(']') => {
+                let name = metadata_key(&k["metadata[".len()..k.len() - 1])?;
+                params.push(SqlValue::Text(format!("$.metadata.\"{name}\"")));
+                let n = params.len();
+                params.push(SqlValue::Text(value));
+                clauses.push(format!("json_extract(data, ?{n}) = ?{}", n + 1));
+            }
+            other => return Err(format!("unknown parameter {other:?}")),
+        }
+    }
+    Ok(ListQuery {
+        clauses,
+        params,
+        limit,
+    })
+}
+
+/// A metadata key that a quoted JSON path label holds exactly, or the 400's message.
+fn metadata_key(key: &str) -> Result<&str, String> {
+    let fits = !key.is_empty()
+        && key.chars().count() <= MAX_METADATA_KEY
+        && !key
+            .chars()
+            .any(|c| matches!(c, '"' | '\\' | '[' | ']') || c.is_control());
+    if fits {
+        Ok(key)
+    } else {
+        Err(format!(
+            "metadata[KEY]: the key must be 1 to {MAX_METADATA_KEY} characters without quotes, backslashes, brackets or control characters"
+        ))
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme in any case (RFC 9110
+/// §11.1), the token as sent (RFC 6750's token68 has no spaces).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 const SELECT: &str = "SELECT id, type, account, livemode, deleted, uncertain, event_id, first_seen, updated_at, data FROM objects";
@@ -176,6 +231,49 @@ fn internal(e: rusqlite::Error) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_scheme_in_any_case() {
+        for (value, token) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER  abc ", Some("abc")),
+            ("BeArEr\tabc", Some("abc")),
+            ("Basic abc", None),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("Bearerabc", None),
+        ] {
+            assert_eq!(bearer(value), token, "{value:?}");
+        }
+    }
+
+    /// Issue 13, case 6: `metadata[\]=x` reached SQLite as a bad JSON path (500).
+    #[test]
+    fn metadata_keys_a_path_cannot_hold_are_refused() {
+        for bad in [
+            "metadata[\\]=x",
+            "metadata[]=x",
+            "metadata[a\"b]=x",
+            "metadata[a%5Bb]=x",
+            "metadata[%00]=x",
+            &format!("metadata[{}]=x", "k".repeat(41)),
+        ] {
+            let err = parse_list_query(bad).unwrap_err();
+            assert!(err.contains("metadata[KEY]"), "{bad}: {err}");
+        }
+        let ok = parse_list_query("metadata[cart_id]=c_1&metadata[a.b-c d]=2&limit=5").unwrap();
+        assert_eq!(ok.limit, 5);
+        assert_eq!(ok.clauses.len(), 2);
+        assert_eq!(
+            ok.params[0],
+            SqlValue::Text("$.metadata.\"cart_id\"".into())
+        );
+        assert_eq!(
+            ok.params[2],
+            SqlValue::Text("$.metadata.\"a.b-c d\"".into())
+        );
+    }
 
     #[test]
     fn query_parsing() {

@@ -1,18 +1,32 @@
-//! Who may use the admin pages: the password, sessions, CSRF tokens and the login rate limit.
+//! Who may use the admin pages: the password, the one-time login link, sessions, CSRF tokens and
+//! the login limits.
 //!
 //! # Decisions
-//! - **Password or loopback.** With a password (from the environment variable `[admin]
-//!   password_env` names), every page but `/login`, `/healthz`, `/metrics` and `/admin.css` needs a
-//!   session. Without one, the pages are open, like many local tools, but only on a loopback
-//!   listener (the config refuses any other address) and only to requests whose `Host` is a
-//!   loopback name and that carry no proxy header: that stops a web page from reaching them by
-//!   DNS rebinding, and a reverse proxy from publishing them by mistake. Reach them over an SSH
-//!   tunnel (`ssh -L 8081:127.0.0.1:8081 shop`), or set a password.
+//! - **Closed unless the owner says otherwise.** No request header decides who may see the pages
+//!   (a reverse proxy in front sends whatever it likes: nginx's bare `proxy_pass` sends none of
+//!   the headers a guard could look for). There are three ways in ([`Mode`]):
+//!   - **a password** (from the environment variable `[admin] password_env` names): every page
+//!     but `/login`, `/healthz`, `/metrics` and `/admin.css` needs a session from the login form;
+//!   - **no password, the one-time login link** (the default without a password): at start,
+//!     `serve` logs `http://<admin listen>/login?token=<32 random bytes, hex>` once, and nowhere
+//!     else. Opening it gives a session (12 hours) and a redirect to `/` without the token. The
+//!     token works once (or not at all after a restart) and is compared in constant time; only
+//!     its SHA-256 is kept after it was handed to the log;
+//!   - **no password, open on loopback**, only when the owner opted in with `[admin]
+//!     open_on_loopback = true`: the pages answer without a session. The config refuses it off
+//!     loopback and together with `trusted_proxies` (a proxy in front would publish them). A
+//!     request whose `Host` is not a loopback name is still refused: a web page that makes its
+//!     own name resolve to 127.0.0.1 (DNS rebinding) sends its own name as `Host`.
 //! - **The password is only kept hashed.** At start it is hashed with Argon2id (19 MiB, 2 passes,
 //!   RustCrypto's `argon2`, OWASP's minimum) under a random salt; a login attempt is hashed the same
-//!   way and compared in constant time. One hash runs at a time (memory stays bounded).
-//! - **Login is rate-limited** before any hashing: 5 attempts per minute per client address (a
-//!   burst of 5), and 30 per minute overall (behind a proxy every client shares one address).
+//!   way and compared in constant time. One hash runs at a time (memory stays bounded), which also
+//!   bounds guessing to about 20 passwords a second however many addresses try.
+//! - **Login limits that cannot lock the owner out**: per client address only (the real client
+//!   behind a trusted proxy; an IPv6 client by its /64), never a shared bucket. Five attempts are
+//!   free; after that each further attempt waits 15 s, doubled after every failure up to 15 min.
+//!   A success, or an hour without attempts, forgets the address. The table is bounded: when it
+//!   is full the addresses quiet the longest are forgotten first, so filling it can only give an
+//!   attacker's old addresses their attempts back, never keep a new address out.
 //! - **Sessions** are 32 random bytes (`getrandom`) in a cookie `HttpOnly; SameSite=Strict;
 //!   Path=/` (plus `Secure` and the `__Host-` prefix with `cookie_secure = true`), valid for 12 hours.
 //!   The server keeps only their SHA-256, in memory: a restart logs everyone out.
@@ -34,24 +48,41 @@ use sha2::{Digest, Sha256};
 use crate::admin::form::{cookie, Form};
 use crate::crypto::{self, random_bytes, to_hex};
 use crate::error::{Error, Result};
-use crate::http::Request;
+use crate::http::{limit_key, Request};
 
 /// How long a session lasts after login.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at once; the oldest goes first.
 const MAX_SESSIONS: usize = 256;
-/// Client addresses the rate limiter remembers.
+/// Client addresses the login limiter remembers.
 const MAX_LIMITED_ADDRS: usize = 4096;
-/// Per client address: a burst of 5 attempts, then one every 12 s (5 a minute).
-const PER_ADDR: (f64, f64) = (5.0, 12.0);
-/// Overall: a burst of 30, then one every 2 s (30 a minute).
-const OVERALL: (f64, f64) = (30.0, 2.0);
+/// Login attempts an address may make before it has to wait.
+const FREE_ATTEMPTS: u32 = 5;
+/// The wait after the free attempts, doubled after each further failure...
+const FIRST_WAIT: Duration = Duration::from_secs(15);
+/// ... up to this.
+const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
+/// An address without attempts for this long is forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// How the admin lets people in (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Password,
+    LoginLink,
+    OpenOnLoopback,
+}
+
 /// The admin's authentication state, shared by every admin connection thread.
 pub struct Auth {
+    mode: Mode,
     password: Option<Hashed>,
+    /// The login link's token until `serve` has logged it (then `None`).
+    link_token: Mutex<Option<String>>,
+    /// SHA-256 of the login link's token until it is used.
+    link: Mutex<Option<[u8; 32]>>,
     key: [u8; 32],
     secure: bool,
     sessions: Mutex<HashMap<[u8; 32], Instant>>,
@@ -70,7 +101,7 @@ pub enum Access {
     Granted(Viewer),
     /// No valid session: send the viewer to `/login`.
     Login,
-    /// Open mode refuses this request (not a loopback `Host`, or a proxy header); says why.
+    /// Open mode refuses this request (its `Host` is not a loopback name); says why.
     Refused(&'static str),
 }
 
@@ -94,8 +125,19 @@ pub enum Login {
 }
 
 impl Auth {
-    /// Hashes `password` (when there is one) and draws the keys. Slow by design (one KDF run).
-    pub fn new(password: Option<&str>, cookie_secure: bool) -> Result<Auth> {
+    /// Hashes `password` (when there is one) and draws the keys. Without a password, the mode is
+    /// open on loopback when `open_on_loopback`, else the one-time login link (whose token
+    /// [`Auth::take_login_link_token`] hands out once). Slow by design (one KDF run).
+    pub fn new(
+        password: Option<&str>,
+        open_on_loopback: bool,
+        cookie_secure: bool,
+    ) -> Result<Auth> {
+        let mode = match (password, open_on_loopback) {
+            (Some(_), _) => Mode::Password,
+            (None, true) => Mode::OpenOnLoopback,
+            (None, false) => Mode::LoginLink,
+        };
         let password = match password {
             Some(p) => {
                 let salt: [u8; 16] = random_bytes()?;
@@ -104,8 +146,18 @@ impl Auth {
             }
             None => None,
         };
+        let (link_token, link) = if mode == Mode::LoginLink {
+            let token = to_hex(&random_bytes::<32>()?);
+            let hash = digest(&token);
+            (Some(token), Some(hash))
+        } else {
+            (None, None)
+        };
         Ok(Auth {
+            mode,
             password,
+            link_token: Mutex::new(link_token),
+            link: Mutex::new(link),
             key: random_bytes()?,
             secure: cookie_secure,
             sessions: Mutex::new(HashMap::new()),
@@ -114,9 +166,35 @@ impl Auth {
         })
     }
 
-    /// Whether the pages are open (no password configured).
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Whether the pages are open without a session (the owner opted in).
     pub fn is_open(&self) -> bool {
-        self.password.is_none()
+        self.mode == Mode::OpenOnLoopback
+    }
+
+    /// The login link's token, the first time this is called in login-link mode; `None` after
+    /// (and in the other modes). `serve` logs it once.
+    pub fn take_login_link_token(&self) -> Option<String> {
+        self.link_token
+            .lock()
+            .expect("admin login link lock poisoned")
+            .take()
+    }
+
+    /// Opens a session for the one-time login link's `token` (returns its `Set-Cookie`); `None`
+    /// when the token is wrong, used already, or there is no link.
+    pub fn login_with_link(&self, token: &str, now: Instant) -> Option<String> {
+        let mut link = self.link.lock().expect("admin login link lock poisoned");
+        let expected = (*link)?;
+        if !crypto::ct_eq(&digest(token), &expected) {
+            return None;
+        }
+        *link = None;
+        drop(link);
+        self.new_session(now)
     }
 
     /// Decides whether `req` may see a page.
@@ -166,16 +244,17 @@ impl Auth {
         !cross_site(req) && form.get("csrf_token").is_some_and(|t| ct_eq(t, &expected))
     }
 
-    /// Checks a password (rate-limited first, then hashed) and opens a session.
-    pub fn login(&self, peer: IpAddr, password: &str, now: Instant) -> Login {
+    /// Checks a password from `client` (limited first, then hashed) and opens a session.
+    pub fn login(&self, client: IpAddr, password: &str, now: Instant) -> Login {
         let Some(stored) = &self.password else {
             return Login::Wrong;
         };
+        let key = limit_key(client);
         let wait = self
             .limiter
             .lock()
             .expect("admin rate limiter lock poisoned")
-            .take(peer, now);
+            .begin(key, now);
         if let Some(wait) = wait {
             return Login::Limited(wait);
         }
@@ -192,8 +271,24 @@ impl Auth {
         if !crypto::ct_eq(&candidate, &stored.hash) {
             return Login::Wrong;
         }
-        let Ok(id) = random_bytes::<32>().map(|b| to_hex(&b)) else {
-            return Login::Wrong;
+        self.limiter
+            .lock()
+            .expect("admin rate limiter lock poisoned")
+            .forget(key);
+        match self.new_session(now) {
+            Some(cookie) => Login::Ok(cookie),
+            None => Login::Wrong,
+        }
+    }
+
+    /// A new session: its `Set-Cookie` (None when the random source fails).
+    fn new_session(&self, now: Instant) -> Option<String> {
+        let id = match random_bytes::<32>() {
+            Ok(b) => to_hex(&b),
+            Err(e) => {
+                log::error!("admin session: {e}");
+                return None;
+            }
         };
         let mut sessions = self.sessions.lock().expect("admin sessions lock poisoned");
         sessions.retain(|_, expires| *expires > now);
@@ -203,7 +298,7 @@ impl Auth {
             }
         }
         sessions.insert(digest(&id), now + SESSION_TTL);
-        Login::Ok(self.cookie(self.session_cookie_name(), &id, Some(SESSION_TTL.as_secs())))
+        Some(self.cookie(self.session_cookie_name(), &id, Some(SESSION_TTL.as_secs())))
     }
 
     /// Ends the request's session; returns the `Set-Cookie` that clears it.
@@ -291,18 +386,10 @@ impl Auth {
     }
 }
 
-/// Why open mode refuses a request, if it does.
+/// Why open mode refuses a request, if it does: a `Host` that is not a loopback name is another
+/// site's page that resolved its name to 127.0.0.1 (DNS rebinding). Not a proxy check: a proxy
+/// may send any `Host`; the config keeps open mode away from proxies instead.
 fn open_mode_refusal(req: &Request) -> Option<&'static str> {
-    for h in [
-        "forwarded",
-        "x-forwarded-for",
-        "x-forwarded-host",
-        "x-real-ip",
-    ] {
-        if req.header(h).is_some() {
-            return Some("the admin page has no password, so it does not answer through a proxy: set the password ([admin] password_env) to put it behind one");
-        }
-    }
     match req.header("host") {
         None => None,
         Some(host) if is_loopback_host(host) => None,
@@ -354,58 +441,75 @@ fn ct_eq(a: &str, b: &str) -> bool {
     crypto::ct_eq(a.as_bytes(), b.as_bytes())
 }
 
-/// Token buckets: per client address and overall.
+/// Failed login attempts per client address, with a growing wait (see the module doc).
 #[derive(Default)]
 struct Limiter {
-    addrs: HashMap<IpAddr, Bucket>,
-    overall: Option<Bucket>,
+    addrs: HashMap<IpAddr, Attempts>,
 }
 
 #[derive(Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+struct Attempts {
+    /// Attempts since the last success (or since it was forgotten).
+    count: u32,
+    last: Instant,
 }
 
-impl Bucket {
-    /// Refills at one token per `every` seconds up to `burst`, then takes one if it can; else
-    /// says how many seconds until one is there.
-    fn take(&mut self, (burst, every): (f64, f64), now: Instant) -> Option<u64> {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed / every).min(burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            None
-        } else {
-            Some(((1.0 - self.tokens) * every).ceil().max(1.0) as u64)
+impl Attempts {
+    /// How long after `last` the next attempt may come.
+    fn wait(&self) -> Duration {
+        if self.count < FREE_ATTEMPTS {
+            return Duration::ZERO;
         }
+        let doublings = (self.count - FREE_ATTEMPTS).min(16);
+        FIRST_WAIT.saturating_mul(1 << doublings).min(MAX_WAIT)
     }
 }
 
 impl Limiter {
-    fn take(&mut self, addr: IpAddr, now: Instant) -> Option<u64> {
-        if self.addrs.len() >= MAX_LIMITED_ADDRS {
-            // Forget addresses whose bucket is full again.
-            self.addrs.retain(|_, b| {
-                now.saturating_duration_since(b.at).as_secs_f64() < PER_ADDR.0 * PER_ADDR.1
-            });
+    /// Counts an attempt from `key` unless it must wait: then the seconds left. The attempt is
+    /// counted before the password is checked, so attempts sent at once cannot all pass.
+    fn begin(&mut self, key: IpAddr, now: Instant) -> Option<u64> {
+        if let Some(a) = self.addrs.get(&key) {
+            if now.saturating_duration_since(a.last) >= FORGET_AFTER {
+                self.addrs.remove(&key);
+            }
         }
-        let fresh = |burst: f64| Bucket {
-            tokens: burst,
-            at: now,
-        };
-        let addr_bucket = self.addrs.entry(addr).or_insert_with(|| fresh(PER_ADDR.0));
-        let mut probe = *addr_bucket;
-        if let Some(wait) = probe.take(PER_ADDR, now) {
-            return Some(wait);
+        if let Some(a) = self.addrs.get(&key) {
+            let allowed = a.last + a.wait();
+            if now < allowed {
+                let left = allowed.saturating_duration_since(now);
+                return Some(left.as_secs_f64().ceil().max(1.0) as u64);
+            }
         }
-        let overall = self.overall.get_or_insert_with(|| fresh(OVERALL.0));
-        if let Some(wait) = overall.take(OVERALL, now) {
-            return Some(wait);
+        if !self.addrs.contains_key(&key) && self.addrs.len() >= MAX_LIMITED_ADDRS {
+            self.make_room(now);
         }
-        *addr_bucket = probe;
+        let a = self.addrs.entry(key).or_insert(Attempts {
+            count: 0,
+            last: now,
+        });
+        a.count += 1;
+        a.last = now;
         None
+    }
+
+    fn forget(&mut self, key: IpAddr) {
+        self.addrs.remove(&key);
+    }
+
+    /// Forgets the addresses quiet for an hour, and if that is not enough, the quarter quiet the
+    /// longest.
+    fn make_room(&mut self, now: Instant) {
+        self.addrs
+            .retain(|_, a| now.saturating_duration_since(a.last) < FORGET_AFTER);
+        if self.addrs.len() >= MAX_LIMITED_ADDRS {
+            let mut by_age: Vec<(Instant, IpAddr)> =
+                self.addrs.iter().map(|(k, a)| (a.last, *k)).collect();
+            by_age.sort_unstable();
+            for (_, key) in by_age.iter().take(MAX_LIMITED_ADDRS / 4) {
+                self.addrs.remove(key);
+            }
+        }
     }
 }
 
@@ -424,6 +528,7 @@ mod tests {
                 .collect(),
             body: Vec::new(),
             remote: "127.0.0.1:5000".parse().unwrap(),
+            client: "127.0.0.1".parse().unwrap(),
         }
     }
 
@@ -433,7 +538,7 @@ mod tests {
 
     #[test]
     fn password_mode_needs_a_session_and_binds_csrf_to_it() {
-        let auth = Auth::new(Some("correct horse"), false).unwrap();
+        let auth = Auth::new(Some("correct horse"), false, false).unwrap();
         let now = Instant::now();
         assert!(matches!(auth.check(&request(&[]), now), Access::Login));
         let ip = "127.0.0.1".parse().unwrap();
@@ -476,7 +581,7 @@ mod tests {
 
     #[test]
     fn login_form_token_is_bound_to_its_cookie() {
-        let auth = Auth::new(Some("pw"), true).unwrap();
+        let auth = Auth::new(Some("pw"), false, true).unwrap();
         let (token, set) = auth.login_token(&request(&[]));
         let set = set.unwrap();
         assert!(set.starts_with("__Host-stripe_inbox_csrf="), "{set}");
@@ -497,8 +602,10 @@ mod tests {
     }
 
     #[test]
-    fn open_mode_only_answers_loopback_names_without_proxies() {
-        let auth = Auth::new(None, false).unwrap();
+    fn open_mode_only_answers_loopback_names() {
+        let auth = Auth::new(None, true, false).unwrap();
+        assert_eq!(auth.mode(), Mode::OpenOnLoopback);
+        assert_eq!(auth.take_login_link_token(), None);
         let now = Instant::now();
         for host in [
             "127.0.0.1:8081",
@@ -527,8 +634,10 @@ mod tests {
                 "{host}"
             );
         }
+        // No header heuristic: what a proxy would add changes nothing (the config keeps open mode
+        // away from proxies instead).
         let proxied = request(&[("Host", "localhost"), ("X-Forwarded-For", "1.2.3.4")]);
-        assert!(matches!(auth.check(&proxied, now), Access::Refused(_)));
+        assert!(matches!(auth.check(&proxied, now), Access::Granted(_)));
         // POSTs still need the token bound to the cookie.
         let Access::Granted(v) = auth.check(&request(&[("Host", "localhost")]), now) else {
             panic!()
@@ -549,26 +658,119 @@ mod tests {
         ));
     }
 
+    /// Issue 13, case 2: without a password and without the opt-in, nothing is open, whatever
+    /// the request says: only the one-time link gives a session.
     #[test]
-    fn login_is_rate_limited_per_address_and_overall() {
+    fn without_a_password_only_the_login_link_lets_in() {
+        let auth = Auth::new(None, false, false).unwrap();
+        assert_eq!(auth.mode(), Mode::LoginLink);
+        let now = Instant::now();
+        // What nginx's bare proxy_pass sends (Host 127.0.0.1:8081, no proxy header), a browser,
+        // or a request with any of the headers the old guard did not know: all need a session.
+        for headers in [
+            vec![("Host", "127.0.0.1:8081"), ("User-Agent", "Mozilla/5.0")],
+            vec![("Host", "localhost"), ("Via", "1.1 proxy")],
+            vec![("Host", "localhost"), ("X-Forwarded-Proto", "https")],
+            vec![("Host", "localhost"), ("X-Client-IP", "1.2.3.4")],
+            vec![("Host", "localhost"), ("True-Client-IP", "1.2.3.4")],
+            vec![("Host", "localhost"), ("CF-Connecting-IP", "1.2.3.4")],
+            vec![],
+        ] {
+            assert!(
+                matches!(auth.check(&request(&headers), now), Access::Login),
+                "{headers:?}"
+            );
+        }
+        let token = auth.take_login_link_token().unwrap();
+        assert_eq!(token.len(), 64);
+        assert_eq!(auth.take_login_link_token(), None, "handed out once");
+        assert_eq!(auth.login_with_link(&"0".repeat(64), now), None);
+        assert_eq!(auth.login_with_link("", now), None);
+        let set = auth.login_with_link(&token, now).expect("the link logs in");
+        assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"));
+        let with = request(&[("Cookie", &cookie_pair(&set))]);
+        let Access::Granted(viewer) = auth.check(&with, now) else {
+            panic!("the link's session is not accepted")
+        };
+        assert!(viewer.logged_in);
+        assert_eq!(auth.login_with_link(&token, now), None, "single use");
+        // No password to log in with.
+        let ip = "127.0.0.1".parse().unwrap();
+        assert!(matches!(auth.login(ip, "", now), Login::Wrong));
+    }
+
+    /// Issue 13, case 3: five wrong logins each from eight addresses used to drain a shared
+    /// bucket; now each address waits on its own, and a fresh address logs in.
+    #[test]
+    fn login_limits_are_per_address_with_backoff() {
         let mut limiter = Limiter::default();
         let now = Instant::now();
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        for _ in 0..5 {
-            assert_eq!(limiter.take(a, now), None);
-        }
-        assert_eq!(limiter.take(a, now), Some(12));
-        assert_eq!(limiter.take(a, now + Duration::from_secs(12)), None);
-        // Other addresses share the overall budget of 30.
-        let mut refused = 0;
-        for i in 0..40u8 {
-            let b: IpAddr = format!("10.0.1.{i}").parse().unwrap();
-            if limiter.take(b, now + Duration::from_secs(12)).is_some() {
-                refused += 1;
+        let at = |s: u64| now + Duration::from_secs(s);
+        for i in 0..8 {
+            let addr: IpAddr = format!("10.0.0.{i}").parse().unwrap();
+            for _ in 0..FREE_ATTEMPTS {
+                assert_eq!(limiter.begin(addr, now), None);
             }
+            assert_eq!(limiter.begin(addr, now), Some(15), "the sixth waits");
         }
-        // 30 - 6 (a's) + 5 refilled in 12 s, capped at 30, less a's sixth: 29 left for 40 others.
-        assert_eq!(refused, 11);
+        let fresh: IpAddr = "10.0.1.1".parse().unwrap();
+        assert_eq!(limiter.begin(fresh, now), None);
+        // The wait doubles after each further failure, up to 15 minutes.
+        let a: IpAddr = "10.0.0.0".parse().unwrap();
+        assert_eq!(limiter.begin(a, at(15)), None);
+        assert_eq!(limiter.begin(a, at(16)), Some(29));
+        assert_eq!(limiter.begin(a, at(45)), None);
+        assert_eq!(limiter.begin(a, at(46)), Some(59));
+        let mut t = 45;
+        for _ in 0..20 {
+            t += 15 * 60;
+            assert_eq!(limiter.begin(a, at(t)), None);
+        }
+        assert_eq!(limiter.begin(a, at(t + 1)), Some(15 * 60 - 1));
+        // A success forgets the address; so does an hour of quiet.
+        limiter.forget(a);
+        assert_eq!(limiter.begin(a, at(t + 1)), None);
+        let b: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(limiter.begin(b, at(3600)), None);
+        // A full table forgets the quietest addresses, never refusing a new one.
+        let mut many = Limiter::default();
+        for i in 0..MAX_LIMITED_ADDRS as u32 + 10 {
+            let addr = IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i));
+            assert_eq!(many.begin(addr, now), None);
+        }
+        assert!(many.addrs.len() <= MAX_LIMITED_ADDRS);
+    }
+
+    #[test]
+    fn logins_count_by_client_and_succeed_after_failures_elsewhere() {
+        let auth = Auth::new(Some("correct horse battery"), false, false).unwrap();
+        let now = Instant::now();
+        // Two addresses here (each wrong login is a 50 ms hash); the integration test does eight.
+        for i in 0..2 {
+            let ip: IpAddr = format!("203.0.113.{i}").parse().unwrap();
+            for _ in 0..5 {
+                assert!(matches!(auth.login(ip, "guess", now), Login::Wrong));
+            }
+            assert!(matches!(
+                auth.login(ip, "correct horse battery", now),
+                Login::Limited(15)
+            ));
+        }
+        let fresh: IpAddr = "198.51.100.1".parse().unwrap();
+        assert!(matches!(
+            auth.login(fresh, "correct horse battery", now),
+            Login::Ok(_)
+        ));
+        // An IPv6 client is one client across its /64.
+        for i in 0..5 {
+            let ip: IpAddr = format!("2001:db8::{i}").parse().unwrap();
+            assert!(matches!(auth.login(ip, "guess", now), Login::Wrong));
+        }
+        let same_64: IpAddr = "2001:db8::ffff".parse().unwrap();
+        assert!(matches!(
+            auth.login(same_64, "guess", now),
+            Login::Limited(_)
+        ));
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! | --- | --- |
 //! | `GET /healthz`, `GET /metrics`, `GET /admin.css` | anyone who reaches the listener |
 //! | `/api/...` (the read API, `api.rs`) | its own bearer token |
-//! | `GET /login`, `POST /login` | anyone (rate-limited, CSRF-checked) |
+//! | `GET /login`, `POST /login` | anyone (limited per client, CSRF-checked) |
+//! | `GET /login?token=...` | whoever has the one-time login link (no password set) |
 //! | `POST /logout` | a session, with its CSRF token |
 //! | `GET /`, `/events`, `/events/{id}`, `/objects`, `/objects/{id}`, `/deliveries` | a session (or open mode) |
 //! | `POST /events/{id}/replay`, `POST /objects/{id}/rebuild`, `POST /objects/{id}/refetch`, `POST /events/{id}/forward`, `POST /deliveries/{id}/retry`, `POST /deliveries/retry-dead` | the same, with the CSRF token |
@@ -25,7 +26,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::admin::auth::{Access, Login, Viewer};
+use crate::admin::auth::{Access, Login, Mode, Viewer};
 use crate::admin::context::{page_response, redirect, Admin};
 use crate::admin::form::{decode_path, Form};
 use crate::admin::{dashboard, deliveries, events, html, metrics, objects, stripe_panel};
@@ -164,8 +165,10 @@ impl Admin {
     }
 
     fn login_form(&self, req: &Request, message: Option<&str>) -> Response {
-        if self.auth.is_open() {
-            return redirect("/");
+        match self.auth.mode() {
+            Mode::OpenOnLoopback => return redirect("/"),
+            Mode::LoginLink => return self.login_link(req),
+            Mode::Password => {}
         }
         let (token, set_cookie) = self.auth.login_token(req);
         let mut response = page_response(200, html::login_page(&token, message));
@@ -175,30 +178,63 @@ impl Admin {
         response
     }
 
+    /// `GET /login` without a password: the one-time link's `token` gives a session and a
+    /// redirect to a URL without it; without a (valid) token, a page that says where the link is.
+    fn login_link(&self, req: &Request) -> Response {
+        let token = Form::parse(&req.query).get("token").map(str::to_string);
+        if let Some(token) = token {
+            if let Some(cookie) = self.auth.login_with_link(&token, Instant::now()) {
+                log::info!("admin login ok (one-time link) client={}", req.client);
+                return redirect("/")
+                    .with_header("Set-Cookie", &cookie)
+                    .with_header("Referrer-Policy", "no-referrer")
+                    .with_log("admin=login_link");
+            }
+            log::warn!("admin login link refused client={}", req.client);
+            return page_response(
+                403,
+                html::message_page(
+                    "This login link does not work",
+                    "A login link works once, and only until stripe-inbox restarts. Restart serve for a new one (it is in the log), or set an admin password ([admin] password_env).",
+                ),
+            )
+            .with_log("admin=login_link_refused");
+        }
+        page_response(
+            200,
+            html::message_page(
+                "Log in",
+                "No admin password is set, so the pages are closed. Open the one-time login link that serve wrote to its log when it started (http://…/login?token=…), or set a password ([admin] password_env).",
+            ),
+        )
+    }
+
     fn login(&self, req: &Request) -> Response {
-        if self.auth.is_open() {
-            return redirect("/");
+        match self.auth.mode() {
+            Mode::OpenOnLoopback => return redirect("/"),
+            Mode::LoginLink => return redirect("/login"),
+            Mode::Password => {}
         }
         let form = Form::parse_body(&req.body);
         if !self.auth.login_csrf_ok(req, &form) {
             return csrf_refused();
         }
         let password = form.raw("password").unwrap_or("");
-        match self.auth.login(req.remote.ip(), password, Instant::now()) {
+        match self.auth.login(req.client, password, Instant::now()) {
             Login::Ok(cookie) => {
-                log::info!("admin login ok peer={}", req.remote.ip());
+                log::info!("admin login ok client={}", req.client);
                 redirect("/")
                     .with_header("Set-Cookie", &cookie)
                     .with_log("admin=login_ok")
             }
             Login::Wrong => {
-                log::warn!("admin login failed peer={}", req.remote.ip());
+                log::warn!("admin login failed client={}", req.client);
                 let mut response = self.login_form(req, Some("Wrong password."));
                 response.status = 401;
                 response.with_log("admin=login_failed")
             }
             Login::Limited(wait) => {
-                log::warn!("admin login rate-limited peer={}", req.remote.ip());
+                log::warn!("admin login rate-limited client={}", req.client);
                 let (token, _) = self.auth.login_token(req);
                 page_response(
                     429,

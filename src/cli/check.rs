@@ -37,9 +37,14 @@ pub fn run(parser: lexopt::Parser) -> Result<()> {
             "  admin password: set (from ${})",
             config.admin.password_env
         ),
-        Ok(None) => println!("  admin password: none (the page is open on loopback only)"),
+        Ok(None) if config.admin.open_on_loopback => println!(
+            "  admin password: none; open_on_loopback = true, so the pages are open to whoever reaches the loopback address"
+        ),
+        Ok(None) => println!(
+            "  admin password: none; the pages are closed but for the one-time login link serve logs at start"
+        ),
         Err(e) => {
-            println!("  admin password: none, and the listener is not loopback");
+            println!("  admin password: none or too short, and the listener is not loopback");
             problems.push(e.to_string());
         }
     }

@@ -22,6 +22,8 @@ pub const DEFAULT_PATH: &str = "stripe-inbox.toml";
 pub const PATH_ENV: &str = "STRIPE_INBOX_CONFIG";
 /// The webhook path when `[webhook] path` is not set.
 pub const DEFAULT_WEBHOOK_PATH: &str = "/webhooks/stripe";
+/// The shortest admin password allowed on a listener that is not loopback (after trimming).
+pub const MIN_PUBLIC_PASSWORD: usize = 12;
 
 /// The whole configuration, after loading and resolving relative paths.
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +107,15 @@ pub struct Webhook {
     pub max_connections: usize,
     /// Seconds an idle keep-alive connection stays open. Defaults to 15.
     pub idle_timeout_secs: u64,
+    // Issue 13 (the listeners against a hostile client):
+    /// Open connections counted under one client address (an IPv6 client by its /64); past it
+    /// that address's longest-idle connection is closed, or the new one gets 503. Stripe sends
+    /// from about 15 addresses. Defaults to 128.
+    pub max_connections_per_addr: usize,
+    /// Addresses or CIDR blocks of the proxies in front (`["127.0.0.1", "::1"]` for Caddy or
+    /// nginx on the same machine): only from them is `X-Forwarded-For` believed, to find the
+    /// client the per-address limit counts. Defaults to none.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[retention]`
@@ -127,6 +138,17 @@ pub struct Admin {
     pub password_env: String,
     /// Mark the session cookie `Secure` (HTTPS only, behind a TLS proxy). Defaults to false.
     pub cookie_secure: bool,
+    // Issue 13 (who may use the admin, the listener against a hostile client):
+    /// Without a password, serve the pages to anyone who reaches the loopback listener, instead
+    /// of only to whoever opens the one-time login link `serve` logs. Only on a loopback `listen`
+    /// and without `trusted_proxies`. Defaults to false.
+    pub open_on_loopback: bool,
+    /// Open connections counted under one client address (of 64 in all). Defaults to 32.
+    pub max_connections_per_addr: usize,
+    /// Addresses or CIDR blocks of the proxies in front of the admin listener; only from them is
+    /// `X-Forwarded-For` believed (the login limits then count by the real client). Defaults to
+    /// none.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for Config {
@@ -166,6 +188,8 @@ impl Default for Webhook {
             max_body_bytes: 1024 * 1024,
             max_connections: 512,
             idle_timeout_secs: 15,
+            max_connections_per_addr: 128,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -176,6 +200,9 @@ impl Default for Admin {
             listen: "127.0.0.1:8081".into(),
             password_env: "STRIPE_INBOX_ADMIN_PASSWORD".into(),
             cookie_secure: false,
+            open_on_loopback: false,
+            max_connections_per_addr: 32,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -233,6 +260,7 @@ impl Config {
         }
         forward::validate(&self.forward)?;
         self.stripe.validate()?;
+        self.validate_listeners()?;
         for (i, s) in self.webhook.secrets.iter().enumerate() {
             if s.trim() != s || s.is_empty() {
                 return Err(format!(
@@ -279,15 +307,75 @@ impl Config {
         Ok(all)
     }
 
-    /// The admin password from the variable `[admin] password_env` names, if set and not empty.
-    /// Fails when there is none and the admin listener is not on a loopback address: the pages
-    /// would be open to the network.
+    /// Issue 13: the per-address limits, the trusted proxies and `open_on_loopback`.
+    fn validate_listeners(&self) -> std::result::Result<(), String> {
+        for (table, per_addr, proxies) in [
+            (
+                "webhook",
+                self.webhook.max_connections_per_addr,
+                &self.webhook.trusted_proxies,
+            ),
+            (
+                "admin",
+                self.admin.max_connections_per_addr,
+                &self.admin.trusted_proxies,
+            ),
+        ] {
+            if per_addr == 0 {
+                return Err(format!(
+                    "[{table}] max_connections_per_addr must be above 0"
+                ));
+            }
+            crate::http::parse_trusted(proxies)
+                .map_err(|e| format!("[{table}] trusted_proxies: {e}"))?;
+        }
+        if self.admin.open_on_loopback {
+            let loopback = parse_addr("", &self.admin.listen).is_ok_and(|a| a.ip().is_loopback());
+            if !loopback {
+                return Err(format!(
+                    "[admin] open_on_loopback = true needs a loopback listen address, not {:?}",
+                    self.admin.listen
+                ));
+            }
+            if !self.admin.trusted_proxies.is_empty() {
+                return Err("[admin] open_on_loopback = true cannot be used with trusted_proxies: a proxy in front would publish the open pages; set a password instead".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The trusted proxies of `[webhook]` and `[admin]`, parsed (validation already did).
+    pub fn trusted_proxies(&self) -> (Vec<crate::http::Cidr>, Vec<crate::http::Cidr>) {
+        // validate() parsed both lists, so these cannot fail for a loaded config.
+        let parse = |list: &[String]| crate::http::parse_trusted(list).unwrap_or_default();
+        (
+            parse(&self.webhook.trusted_proxies),
+            parse(&self.admin.trusted_proxies),
+        )
+    }
+
+    /// The admin password from the variable `[admin] password_env` names, if set and not blank.
+    /// Fails when there is none and the admin listener is not on a loopback address (the pages
+    /// would be open to the network), and when there it is shorter than
+    /// [`MIN_PUBLIC_PASSWORD`] characters (after trimming).
     pub fn admin_password(&self) -> Result<Option<String>> {
         let password = Some(self.admin.password_env.as_str())
             .filter(|name| !name.is_empty())
             .and_then(|name| std::env::var(name).ok())
-            .filter(|p| !p.is_empty());
+            .filter(|p| !p.trim().is_empty());
         let loopback = parse_addr("", &self.admin.listen).is_ok_and(|a| a.ip().is_loopback());
+        let short = password
+            .as_ref()
+            .is_some_and(|p| p.trim().chars().count() < MIN_PUBLIC_PASSWORD);
+        if short && !loopback {
+            return Err(Error::Config {
+                path: self.file.clone(),
+                msg: format!(
+                    "[admin] listen = {:?} is not a loopback address, so the admin password (from {}) must be at least {MIN_PUBLIC_PASSWORD} characters",
+                    self.admin.listen, self.admin.password_env
+                ),
+            });
+        }
         if password.is_none() && !loopback {
             return Err(Error::Config {
                 path: self.file.clone(),
@@ -350,6 +438,11 @@ mod tests {
         assert_eq!(config.admin.listen, "127.0.0.1:8081");
         assert_eq!(config.admin.password_env, "STRIPE_INBOX_ADMIN_PASSWORD");
         assert!(!config.admin.cookie_secure);
+        assert!(!config.admin.open_on_loopback);
+        assert_eq!(config.admin.max_connections_per_addr, 32);
+        assert!(config.admin.trusted_proxies.is_empty());
+        assert_eq!(config.webhook.max_connections_per_addr, 128);
+        assert!(config.webhook.trusted_proxies.is_empty());
         assert_eq!(config.database.checkpoint_interval_ms, 250);
         assert_eq!(config.retention.body_days, 0);
         assert!(
@@ -463,11 +556,77 @@ mod tests {
             }
         }
         let var = "STRIPE_INBOX_TEST_ADMIN_PW_SET";
-        std::env::set_var(var, "s3cret");
+        std::env::set_var(var, "s3cret long enough");
         let text = format!("[admin]\nlisten = \"0.0.0.0:8081\"\npassword_env = \"{var}\"\n");
         let config = Config::parse(&text, Path::new("c.toml")).unwrap();
-        assert_eq!(config.admin_password().unwrap().as_deref(), Some("s3cret"));
+        assert_eq!(
+            config.admin_password().unwrap().as_deref(),
+            Some("s3cret long enough")
+        );
         std::env::remove_var(var);
+    }
+
+    /// Issue 13, case 6: a password of one space was accepted on a public address.
+    #[test]
+    fn public_admin_needs_a_password_of_twelve_characters() {
+        let var = "STRIPE_INBOX_TEST_ADMIN_PW_SHORT";
+        for (password, public_ok, loopback) in [
+            (" ", false, None),
+            ("            ", false, None),
+            ("short pass", false, Some("short pass")),
+            ("  eleven char  ", false, Some("  eleven char  ")),
+            ("twelve chars", true, Some("twelve chars")),
+            ("zwölf zeichn", true, Some("zwölf zeichn")),
+        ] {
+            std::env::set_var(var, password);
+            for (listen, want) in [("0.0.0.0:8081", public_ok), ("127.0.0.1:8081", true)] {
+                let text = format!("[admin]\nlisten = \"{listen}\"\npassword_env = \"{var}\"\n");
+                let config = Config::parse(&text, Path::new("c.toml")).unwrap();
+                let got = config.admin_password();
+                assert_eq!(got.is_ok(), want, "{password:?} on {listen}: {got:?}");
+                if listen.starts_with("127") {
+                    assert_eq!(got.unwrap().as_deref(), loopback, "{password:?}");
+                }
+            }
+        }
+        std::env::remove_var(var);
+    }
+
+    #[test]
+    fn listener_keys_are_checked() {
+        let ok = "[webhook]\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"::1\"]\n\
+                  [admin]\ntrusted_proxies = [\"fd00::/8\"]\nmax_connections_per_addr = 4\n";
+        let config = Config::parse(ok, Path::new("c.toml")).unwrap();
+        let (webhook, admin) = config.trusted_proxies();
+        assert_eq!((webhook.len(), admin.len()), (3, 1));
+        assert_eq!(config.admin.max_connections_per_addr, 4);
+        for (text, needle) in [
+            (
+                "[webhook]\ntrusted_proxies = [\"nginx\"]\n",
+                "[webhook] trusted_proxies",
+            ),
+            (
+                "[admin]\ntrusted_proxies = [\"10.0.0.0/40\"]\n",
+                "[admin] trusted_proxies",
+            ),
+            (
+                "[webhook]\nmax_connections_per_addr = 0\n",
+                "max_connections_per_addr",
+            ),
+            (
+                "[admin]\nlisten = \"0.0.0.0:8081\"\nopen_on_loopback = true\n",
+                "needs a loopback listen",
+            ),
+            (
+                "[admin]\nopen_on_loopback = true\ntrusted_proxies = [\"127.0.0.1\"]\n",
+                "cannot be used with trusted_proxies",
+            ),
+        ] {
+            let err = Config::parse(text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{text:?} gave {err}");
+        }
     }
 
     #[test]

@@ -1,20 +1,25 @@
-//! One connection: reading with timeouts (idle between requests, a whole request once it has
-//! begun), serving its requests in sequence (keep-alive, pipelining, `Expect: 100-continue`), the
-//! handler call with its panic caught, writing the answer, and one log line per request.
+//! One connection: reading with timeouts (idle before a request, a whole request once it has
+//! begun), driving the [`Framer`] over what arrives, serving requests in sequence (keep-alive,
+//! pipelining, `Expect: 100-continue`), the client address behind a trusted proxy, the handler
+//! call with its panic caught, writing answers within the connection's write budget, and one log
+//! line per request.
 
 use std::fmt::Write as _;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::peers::{client_addr, is_trusted, limit_key};
+use super::registry::Ticket;
 use super::wire::{
-    encode, framing, has_token, parse_head, reason, ConnectionHeader, Fail, Framing, Head,
+    encode, has_token, header_values, leading_empty_lines, reason, ConnectionHeader, Fail, Framer,
+    Framing, Message, Step,
 };
 use super::{
-    log_line, Request, Response, Shared, CONTINUE, LINGER, LINGER_MAX_BYTES, LINGER_STOPPING,
-    MAX_CHUNK_LINE, MAX_HEADERS, MAX_HEAD_BYTES, POLL, READ_CHUNK, WRITE_TIMEOUT,
+    log_line, Request, Response, Shared, CONTINUE, LINGER, LINGER_MAX_BYTES, LINGER_STOPPING, POLL,
+    READ_CHUNK,
 };
 
 /// One connection's socket and the bytes read from it but not consumed yet.
@@ -23,6 +28,9 @@ pub(super) struct Conn {
     pub(super) buf: Vec<u8>,
     pub(super) pos: usize,
     pub(super) read_timeout: Option<Duration>,
+    pub(super) write_timeout: Option<Duration>,
+    /// Time spent so far waiting for the client to take our answers.
+    pub(super) write_waited: Duration,
 }
 
 pub(super) enum ReadOutcome {
@@ -40,6 +48,17 @@ pub(super) enum Next {
 }
 
 impl Conn {
+    pub(super) fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            buf: Vec::new(),
+            pos: 0,
+            read_timeout: None,
+            write_timeout: None,
+            write_waited: Duration::ZERO,
+        }
+    }
+
     pub(super) fn data(&self) -> &[u8] {
         &self.buf[self.pos..]
     }
@@ -96,42 +115,59 @@ impl Conn {
         }
     }
 
-    /// Moves exactly `n` more bytes into `out`, reading as needed.
-    pub(super) fn take_into(
-        &mut self,
-        out: &mut Vec<u8>,
-        n: usize,
-        deadline: Instant,
-    ) -> Result<(), Fail> {
-        let mut left = n;
-        loop {
-            let k = left.min(self.buf.len() - self.pos);
-            out.extend_from_slice(&self.buf[self.pos..self.pos + k]);
-            self.consume(k);
-            left -= k;
-            if left == 0 {
-                return Ok(());
+    /// Writes all of `bytes`. Time spent waiting for the client to make room (the socket did
+    /// not take the bytes at once) is charged to the connection; past `budget` in total the
+    /// write fails with `TimedOut`.
+    pub(super) fn send(&mut self, bytes: &[u8], budget: Duration) -> io::Result<()> {
+        let started = Instant::now();
+        let mut rest = bytes;
+        let mut waiting = false;
+        while !rest.is_empty() {
+            let spent = if waiting {
+                self.write_waited + started.elapsed()
+            } else {
+                self.write_waited
+            };
+            let left = budget.saturating_sub(spent);
+            if left.is_zero() {
+                self.write_waited = budget;
+                return Err(io::Error::new(
+                    ErrorKind::TimedOut,
+                    "the client did not read its answers within the write budget",
+                ));
             }
-            self.fill(deadline)?;
+            let wait = Duration::from_millis(left.as_millis() as u64 + 1).min(POLL);
+            if self.write_timeout != Some(wait) {
+                self.stream.set_write_timeout(Some(wait))?;
+                self.write_timeout = Some(wait);
+            }
+            match self.stream.write(rest) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    waiting |= n < rest.len();
+                    rest = &rest[n..];
+                }
+                Err(e) if is_retry(&e) => waiting = true,
+                Err(e) => return Err(e),
+            }
         }
+        if waiting {
+            self.write_waited += started.elapsed();
+        }
+        Ok(())
     }
 
     /// Waits for the first byte of the next request. False when the connection should be
-    /// closed silently: idle timeout, shutdown, or the client left.
-    pub(super) fn wait_for_request(&mut self, shared: &Shared) -> bool {
+    /// closed silently: idle timeout, shutdown, closed to make room, or the client left.
+    pub(super) fn wait_for_request(&mut self, shared: &Shared, ticket: &Ticket) -> bool {
         let idle_until = Instant::now() + shared.config.idle_timeout;
         loop {
-            // Stray CRLFs between requests are not a request (RFC 9112 §2.2).
-            let stray = self
-                .data()
-                .iter()
-                .take_while(|b| matches!(b, b'\r' | b'\n'))
-                .count();
+            let stray = leading_empty_lines(self.data());
             self.consume(stray);
             if !self.data().is_empty() {
                 return true;
             }
-            if shared.stopping.load(Ordering::SeqCst) {
+            if shared.stopping.load(Ordering::SeqCst) || ticket.closed() {
                 return false;
             }
             match self.read_more(idle_until.min(Instant::now() + POLL)) {
@@ -142,120 +178,19 @@ impl Conn {
         }
     }
 
-    /// Half-closes, then drains what the client still sends (bounded), then drops the socket.
-    pub(super) fn close(mut self, linger: Duration) {
+    /// Half-closes, then drains what the client still sends (bounded, and only until the
+    /// registry wants the slot), then drops the socket.
+    pub(super) fn close(mut self, linger: Duration, ticket: &Ticket) {
         let _ = self.stream.shutdown(Shutdown::Write);
         let until = Instant::now() + linger;
         let mut drained = 0;
-        while drained < LINGER_MAX_BYTES {
+        while drained < LINGER_MAX_BYTES && !ticket.closed() {
             self.buf.clear();
             self.pos = 0;
             match self.read_more(until) {
                 ReadOutcome::Data => drained += self.buf.len(),
                 _ => break,
             }
-        }
-    }
-}
-
-pub(super) fn read_head(conn: &mut Conn, deadline: Instant) -> Result<Head, Fail> {
-    loop {
-        if let Some((head, len)) = parse_head(conn.data())? {
-            conn.consume(len);
-            return Ok(head);
-        }
-        conn.fill(deadline)?;
-    }
-}
-
-pub(super) fn read_body(
-    conn: &mut Conn,
-    head: &Head,
-    max: usize,
-    deadline: Instant,
-) -> Result<Vec<u8>, Fail> {
-    let framing = framing(head, max)?;
-    let expects_continue = head.minor >= 1
-        && head
-            .get("expect")
-            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
-    // Only when the client is still waiting: none of the body arrived yet.
-    if expects_continue && framing != Framing::Empty && conn.data().is_empty() {
-        conn.stream
-            .write_all(CONTINUE)
-            .map_err(|e| Fail::Gone(e.to_string()))?;
-    }
-    match framing {
-        Framing::Empty => Ok(Vec::new()),
-        Framing::Length(n) => {
-            let mut body = Vec::with_capacity(n);
-            conn.take_into(&mut body, n, deadline)?;
-            Ok(body)
-        }
-        Framing::Chunked => read_chunked(conn, max, deadline),
-    }
-}
-
-pub(super) fn read_chunked(
-    conn: &mut Conn,
-    max: usize,
-    deadline: Instant,
-) -> Result<Vec<u8>, Fail> {
-    let mut body = Vec::new();
-    loop {
-        let size = loop {
-            let data = conn.data();
-            if data.first().is_some_and(|b| !b.is_ascii_hexdigit()) {
-                return Err(Fail::Answer(400, "bad_chunk_size"));
-            }
-            match httparse::parse_chunk_size(data) {
-                Ok(httparse::Status::Complete((used, size))) => {
-                    conn.consume(used);
-                    break size;
-                }
-                Ok(httparse::Status::Partial) if data.len() > MAX_CHUNK_LINE => {
-                    return Err(Fail::Answer(400, "chunk_line_too_long"));
-                }
-                Ok(httparse::Status::Partial) => conn.fill(deadline)?,
-                Err(_) => return Err(Fail::Answer(400, "bad_chunk_size")),
-            }
-        };
-        if size == 0 {
-            break;
-        }
-        if size > (max - body.len()) as u64 {
-            return Err(Fail::Answer(413, "body_too_large"));
-        }
-        conn.take_into(&mut body, size as usize, deadline)?;
-        while conn.data().len() < 2 {
-            conn.fill(deadline)?;
-        }
-        if &conn.data()[..2] != b"\r\n" {
-            return Err(Fail::Answer(400, "bad_chunk"));
-        }
-        conn.consume(2);
-    }
-    // The trailer section, ignored, up to its empty line.
-    loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let data = conn.data();
-        let parsed = match httparse::parse_headers(data, &mut slots) {
-            Ok(httparse::Status::Complete((used, _))) => Some(used),
-            Ok(httparse::Status::Partial) if data.len() >= MAX_HEAD_BYTES => {
-                return Err(Fail::Answer(431, "trailers_too_large"));
-            }
-            Ok(httparse::Status::Partial) => None,
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(Fail::Answer(431, "too_many_trailers"));
-            }
-            Err(_) => return Err(Fail::Answer(400, "bad_trailer")),
-        };
-        match parsed {
-            Some(used) => {
-                conn.consume(used);
-                return Ok(body);
-            }
-            None => conn.fill(deadline)?,
         }
     }
 }
@@ -267,32 +202,32 @@ pub(super) fn is_retry(e: &io::Error) -> bool {
     )
 }
 
-pub(super) fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
+pub(super) fn serve_connection(
+    shared: &Shared,
+    stream: TcpStream,
+    peer: SocketAddr,
+    ticket: &Ticket,
+) {
     let _ = stream.set_nodelay(true);
-    if let Err(e) = stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
-        log::debug!(
-            "{} {peer}: cannot set write timeout: {e}",
-            shared.config.name
-        );
-        return;
-    }
-    let mut conn = Conn {
-        stream,
-        buf: Vec::new(),
-        pos: 0,
-        read_timeout: None,
-    };
-    while conn.wait_for_request(shared) {
+    let mut conn = Conn::new(stream);
+    let proxied = is_trusted(&shared.config.trusted_proxies, peer.ip());
+    while conn.wait_for_request(shared, ticket) {
+        if !shared.registry.busy(ticket) {
+            return;
+        }
         let started = Instant::now();
-        match serve_request(shared, &mut conn, peer, started) {
-            Next::KeepAlive => {}
+        match serve_request(shared, &mut conn, peer, proxied, ticket, started) {
+            Next::KeepAlive => shared.registry.idle(ticket, Instant::now(), proxied),
             Next::Close => {
                 let linger = if shared.stopping.load(Ordering::SeqCst) {
                     LINGER_STOPPING
                 } else {
                     LINGER
                 };
-                conn.close(linger);
+                // Its last answer is written: lingering holds nothing the client needs, so the
+                // slot may be taken for a new connection like an idle one's.
+                shared.registry.idle(ticket, Instant::now(), proxied);
+                conn.close(linger, ticket);
                 return;
             }
             Next::Drop => return,
@@ -300,23 +235,91 @@ pub(super) fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketA
     }
 }
 
+/// Who sent a request: for the log line and the handler.
+struct Sender {
+    peer: SocketAddr,
+    client: IpAddr,
+}
+
 /// Reads one request (its first byte is buffered), handles it and writes the response.
-pub(super) fn serve_request(
+fn serve_request(
     shared: &Shared,
     conn: &mut Conn,
     peer: SocketAddr,
+    proxied: bool,
+    ticket: &Ticket,
     started: Instant,
 ) -> Next {
-    let name = shared.config.name;
     let deadline = started + shared.config.request_timeout;
-    let head = match read_head(conn, deadline) {
-        Ok(head) => head,
-        Err(fail) => return failed(shared, conn, peer, started, "-", "-", fail),
+    let mut from = Sender {
+        peer,
+        client: peer.ip().to_canonical(),
     };
-    let body = match read_body(conn, &head, shared.config.max_body_bytes, deadline) {
-        Ok(body) => body,
-        Err(fail) => return failed(shared, conn, peer, started, &head.method, &head.path, fail),
+    let mut framer = Framer::new(shared.config.max_body_bytes);
+    let message = loop {
+        let (used, step) = framer.advance(conn.data());
+        conn.consume(used);
+        let fail = match step {
+            Ok(Step::Done(message)) => break message,
+            Ok(Step::More) => match conn.fill(deadline) {
+                Ok(()) => continue,
+                Err(fail) => fail,
+            },
+            Ok(Step::Head) => match head_ready(shared, conn, &framer, proxied, ticket, &mut from) {
+                Ok(()) => continue,
+                Err(fail) => fail,
+            },
+            Err(fail) => fail,
+        };
+        let (method, path) = framer.request_line().unwrap_or(("-", "-"));
+        let (method, path) = (method.to_string(), path.to_string());
+        return failed(shared, conn, &from, started, &method, &path, fail);
     };
+    respond(shared, conn, &from, started, message)
+}
+
+/// The head is in: find the client behind a trusted proxy and count the connection under it, and
+/// answer `Expect: 100-continue` when the client still waits for it.
+fn head_ready(
+    shared: &Shared,
+    conn: &mut Conn,
+    framer: &Framer,
+    proxied: bool,
+    ticket: &Ticket,
+    from: &mut Sender,
+) -> Result<(), Fail> {
+    let Some((head, framing)) = framer.head() else {
+        return Ok(());
+    };
+    if proxied {
+        let forwarded = header_values(&head.headers, "x-forwarded-for");
+        from.client = client_addr(from.peer.ip(), forwarded, &shared.config.trusted_proxies);
+        if !shared.registry.attribute(ticket, limit_key(from.client)) {
+            return Err(Fail::Answer(503, "max_connections_per_addr"));
+        }
+    }
+    let expects_continue = head.minor >= 1
+        && head
+            .get("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    // Only when the client is still waiting: none of the body arrived yet.
+    if expects_continue && framing != Framing::Empty && conn.data().is_empty() {
+        conn.send(CONTINUE, shared.config.write_timeout)
+            .map_err(|e| Fail::Gone(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Runs the handler on a whole request and writes its answer.
+fn respond(
+    shared: &Shared,
+    conn: &mut Conn,
+    from: &Sender,
+    started: Instant,
+    message: Message,
+) -> Next {
+    let name = shared.config.name;
+    let Message { head, body } = message;
     let keep_alive = head.keep_alive();
     let http10 = head.minor == 0;
     let method = head.method.clone();
@@ -327,8 +330,10 @@ pub(super) fn serve_request(
         query: head.query,
         headers: head.headers,
         body,
-        remote: peer,
+        remote: from.peer,
+        client: from.client,
     };
+    let peer = from.peer;
     let handler = &shared.handler;
     let mut response = match catch_unwind(AssertUnwindSafe(|| handler(request))) {
         Ok(response) => response,
@@ -358,14 +363,14 @@ pub(super) fn serve_request(
         (false, false) => ConnectionHeader::None,
     };
     let wire = encode(&response, connection, method == "HEAD");
-    let written = conn.stream.write_all(&wire);
+    let written = conn.send(&wire, shared.config.write_timeout);
     log_request(
         name,
         &method,
         &path,
         response.status,
         started,
-        peer,
+        from,
         &response.log,
         &written,
     );
@@ -377,10 +382,10 @@ pub(super) fn serve_request(
 }
 
 /// Answers a request that could not be read (or drops the connection when the client left).
-pub(super) fn failed(
+fn failed(
     shared: &Shared,
     conn: &mut Conn,
-    peer: SocketAddr,
+    from: &Sender,
     started: Instant,
     method: &str,
     path: &str,
@@ -389,21 +394,27 @@ pub(super) fn failed(
     let name = shared.config.name;
     match fail {
         Fail::Gone(why) => {
-            log::debug!("{name} {method} {path} peer={peer} connection ended mid-request: {why}");
+            log::debug!(
+                "{name} {method} {path} peer={} connection ended mid-request: {why}",
+                from.peer
+            );
             Next::Drop
         }
         Fail::Answer(status, why) => {
             let body = format!("{}\n", reason(status).to_ascii_lowercase());
-            let response = Response::text(status, body).with_log(format!("error={why}"));
+            let mut response = Response::text(status, body).with_log(format!("error={why}"));
+            if status == 503 {
+                response = response.with_header("Retry-After", "1");
+            }
             let wire = encode(&response, ConnectionHeader::Close, false);
-            let written = conn.stream.write_all(&wire);
+            let written = conn.send(&wire, shared.config.write_timeout);
             log_request(
                 name,
                 method,
                 path,
                 status,
                 started,
-                peer,
+                from,
                 &response.log,
                 &written,
             );
@@ -416,13 +427,13 @@ pub(super) fn failed(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn log_request(
+fn log_request(
     name: &str,
     method: &str,
     path: &str,
     status: u16,
     started: Instant,
-    peer: SocketAddr,
+    from: &Sender,
     extra: &str,
     written: &io::Result<()>,
 ) {
@@ -435,6 +446,15 @@ pub(super) fn log_request(
     }
     log::info!(
         "{}",
-        log_line(name, method, path, status, started.elapsed(), peer, &extra)
+        log_line(
+            name,
+            method,
+            path,
+            status,
+            started.elapsed(),
+            from.peer,
+            from.client,
+            &extra
+        )
     );
 }

@@ -1,10 +1,11 @@
 //! A small HTTP/1.1 server core on `std::net`, used by the webhook and admin listeners.
 //!
 //! # What it owns
-//! Accepting TCP connections; reading requests (the head is parsed by `httparse`, bodies framed
-//! by `Content-Length` or `Transfer-Encoding: chunked` are read here); keep-alive and pipelining;
-//! `Expect: 100-continue`; writing responses; timeouts; the bound on open connections; one log
-//! line per request; and a graceful shutdown. Routing and everything else belongs to the
+//! Accepting TCP connections; framing requests (`wire::Framer`: the head parsed by `httparse`
+//! and held to stricter rules, bodies framed by `Content-Length` or `Transfer-Encoding: chunked`);
+//! keep-alive and pipelining; `Expect: 100-continue`; writing responses; timeouts; the bounds on
+//! open connections, overall and per client address; who the client is behind a trusted proxy;
+//! one log line per request; and a graceful shutdown. Routing and everything else belongs to the
 //! [`Handler`]: it gets a complete [`Request`] and returns a [`Response`].
 //!
 //! # Why not tiny_http
@@ -16,43 +17,56 @@
 //! # Threading model
 //! One acceptor thread (`{name}-accept`) blocks in `accept()`. Every accepted connection gets a
 //! thread of its own (`{name}-conn`, 512 KiB stack) that serves its requests in sequence and runs
-//! the handler, so no connection ever waits behind another one and none is left unread. The
-//! number of open connections is an atomic counter, raised by the acceptor before it spawns the
-//! thread and lowered when that thread ends. A panicking handler is caught and answered 500.
+//! the handler, so no connection ever waits behind another one and none is left unread. A
+//! panicking handler is caught and answered 500.
 //!
-//! # Timeouts
-//! - Between requests the socket is read with a short (250 ms) read timeout in a loop, so that
-//!   shutdown and `idle_timeout` are noticed; a connection idle for `idle_timeout` is closed
-//!   without a word.
-//! - Once the first byte of a request has arrived, its head and body must all arrive within
-//!   `request_timeout`, or it is answered 408 and closed (a slowloris is cut off).
-//! - Writes time out after 10 s. After a response that closes the connection, unread bytes from
-//!   the client are drained for at most 1 s, so the close does not reset the connection before
-//!   the client has read the answer.
+//! # Holding against a hostile client
+//! The webhook listener faces the internet; one address must not be able to keep genuine
+//! senders out (issue 13). Every way a connection can hold a slot is bounded:
+//! - **Per address**: at most `max_connections_per_addr` connections count under one client
+//!   address (an IPv6 client by its /64); at the limit the address's own longest-idle
+//!   connection is closed for its new one, else the new one is refused (503).
+//! - **Overall**: at `max_connections`, the longest-idle connection (waiting for a request, of any
+//!   address) is closed to make room; only when none is idle is a new connection refused with
+//!   `503`, `Retry-After: 1` and `Connection: close`, answered by the acceptor at once.
+//! - **Idle**: waiting for a request (before the first one or between them) lasts at most
+//!   `idle_timeout`; then the connection is closed without a word.
+//! - **Slow senders**: once the first byte of a request has arrived, its head and body must all
+//!   arrive within `request_timeout`, or it is answered 408 and closed (a slowloris is cut off).
+//! - **Slow readers**: a connection may keep its answers waiting for the client to read them for
+//!   at most `write_timeout` in total over its life (a write that the socket takes at once costs
+//!   nothing); past that the connection is dropped. This bounds one slow answer and a client that
+//!   pipelines requests and reads the answers a few bytes at a time alike.
+//! - **Behind a proxy**: the client address is the TCP peer, unless the peer is in
+//!   `trusted_proxies`; then it is the address `X-Forwarded-For` names (see `peers`). A
+//!   trusted proxy's connection counts under the client whose request it carries.
 //!
-//! # Connection bound
-//! When `max_connections` are open, the acceptor answers a new connection itself with `503`,
-//! `Retry-After: 1` and `Connection: close` and closes it: the client hears back at once
-//! instead of waiting in a queue.
+//! Log lines of refused connections are throttled to one a second per listener.
+//!
+//! After a response that closes the connection, unread bytes from the client are drained for at
+//! most 1 s, so the close does not reset the connection before the client has read the answer.
 //!
 //! # Shutdown
 //! [`Server::shutdown`] stops the acceptor (woken by a connection to our own address), closes
 //! connections idle between requests, lets a request that is being read or handled finish and
-//! answers it with `Connection: close`, then waits for the open-connection counter to reach 0,
-//! for at most the grace period. Dropping a [`Server`] also stops accepting, without waiting.
+//! answers it with `Connection: close`, then waits for the connection threads to end, for at
+//! most the grace period. Dropping a [`Server`] also stops accepting, without waiting.
 
 mod connection;
+mod peers;
+mod registry;
 mod server;
 mod wire;
 
 #[cfg(test)]
 mod tests;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+pub use peers::{limit_key, parse_trusted, Cidr};
 pub use server::Server;
 use wire::header_values;
 
@@ -64,8 +78,6 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Read timeout of one blocking read: how often shutdown and the idle timeout are looked at.
 const POLL: Duration = Duration::from_millis(250);
-/// Write timeout of a connection.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Write timeout of the acceptor's 503 answer.
 const REJECT_WRITE_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long unread client bytes are drained after a response that closes the connection.
@@ -89,10 +101,15 @@ pub struct Request {
     pub path: String,
     /// Raw text after '?', "" when none.
     pub query: String,
-    /// As received (names in their original case), values trimmed.
+    /// As received (names in their original case), values trimmed; an absolute-form target's
+    /// authority replaces the value of `Host` (RFC 9112 §3.2.2).
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The TCP peer.
     pub remote: SocketAddr,
+    /// The client: the peer's address, or behind a trusted proxy the address its
+    /// `X-Forwarded-For` names. What per-client limits (connections, logins) count by.
+    pub client: IpAddr,
 }
 
 impl Request {
@@ -185,10 +202,18 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Open connections at once. Defaults to 512.
     pub max_connections: usize,
-    /// Keep-alive idle between requests. Defaults to 15 s.
+    /// Open connections counted under one client address (an IPv6 client by its /64).
+    /// Defaults to 128.
+    pub max_connections_per_addr: usize,
+    /// Peers whose `X-Forwarded-For` is believed. Defaults to none.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Waiting for a request, before the first one or between them. Defaults to 15 s.
     pub idle_timeout: Duration,
     /// Whole request (head + body) once its first byte arrived. Defaults to 10 s.
     pub request_timeout: Duration,
+    /// Time a connection may keep its answers waiting for the client to read them, in total over
+    /// its life. Defaults to 10 s.
+    pub write_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -197,8 +222,11 @@ impl Default for ServerConfig {
             name: "http",
             max_body_bytes: 1024 * 1024,
             max_connections: 512,
+            max_connections_per_addr: 128,
+            trusted_proxies: Vec::new(),
             idle_timeout: Duration::from_secs(15),
             request_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -207,12 +235,18 @@ pub(super) struct Shared {
     pub(super) config: ServerConfig,
     pub(super) handler: Handler,
     pub(super) stopping: AtomicBool,
+    /// Connection threads running (what shutdown waits for).
     pub(super) open: AtomicUsize,
+    /// Connections admitted, by address (what the limits count).
+    registry: registry::Registry,
     pub(super) lock: Mutex<()>,
     pub(super) all_closed: Condvar,
+    reject_log: server::Throttle,
 }
 
-/// `{name} {method} {path} status={status} ms={ms:.2} peer={peer} {extra}`.
+/// `{name} {method} {path} status={status} ms={ms:.2} peer={peer}[ client={client}] {extra}`:
+/// `client=` when the client is not the peer (behind a trusted proxy).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn log_line(
     name: &str,
     method: &str,
@@ -220,13 +254,90 @@ pub(super) fn log_line(
     status: u16,
     elapsed: Duration,
     peer: SocketAddr,
+    client: IpAddr,
     extra: &str,
 ) -> String {
     let ms = elapsed.as_secs_f64() * 1000.0;
     let mut line = format!("{name} {method} {path} status={status} ms={ms:.2} peer={peer}");
+    if client != peer.ip().to_canonical() {
+        line.push_str(&format!(" client={client}"));
+    }
     if !extra.is_empty() {
         line.push(' ');
         line.push_str(extra);
     }
     line
+}
+
+/// What [`frame_for_fuzzing`] found in a byte stream.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Framed {
+    /// A whole request: method, path, query, HTTP/1.x minor version, headers, body, and whether
+    /// the connection would stay open after it.
+    Request {
+        method: String,
+        path: String,
+        query: String,
+        minor: u8,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        keep_alive: bool,
+    },
+    /// The stream is refused with this status (and reason, as logged); the connection closes.
+    Refused(u16, &'static str),
+    /// The stream ends inside a request.
+    Incomplete,
+}
+
+/// For the fuzzers and the corpus replay test: frames `data` into requests exactly as a
+/// connection does (the same [`wire::Framer`]), without a socket. The bytes arrive in pieces cut
+/// at the offsets in `cuts` (sorted or not, out of range ignored), as reads from a socket would
+/// deliver them; the answer must not depend on where the cuts are.
+#[doc(hidden)]
+pub fn frame_for_fuzzing(data: &[u8], max_body: usize, cuts: &[usize]) -> Vec<Framed> {
+    let mut cuts: Vec<usize> = cuts.iter().copied().filter(|c| *c < data.len()).collect();
+    cuts.push(data.len());
+    cuts.sort_unstable();
+    let mut out = Vec::new();
+    let mut framer = wire::Framer::new(max_body);
+    let (mut start, mut cut) = (0, 0);
+    loop {
+        let available = &data[start..cuts[cut]];
+        let (used, step) = framer.advance(available);
+        start += used;
+        match step {
+            Err(wire::Fail::Answer(status, why)) => {
+                out.push(Framed::Refused(status, why));
+                return out;
+            }
+            Err(wire::Fail::Gone(_)) => return out,
+            Ok(wire::Step::Head) => {}
+            Ok(wire::Step::Done(message)) => {
+                let keep_alive = message.head.keep_alive();
+                out.push(Framed::Request {
+                    method: message.head.method,
+                    path: message.head.path,
+                    query: message.head.query,
+                    minor: message.head.minor,
+                    headers: message.head.headers,
+                    body: message.body,
+                    keep_alive,
+                });
+                if !keep_alive {
+                    return out;
+                }
+            }
+            Ok(wire::Step::More) => {
+                if cut + 1 < cuts.len() {
+                    cut += 1;
+                } else {
+                    if start < data.len() {
+                        out.push(Framed::Incomplete);
+                    }
+                    return out;
+                }
+            }
+        }
+    }
 }

@@ -1,16 +1,18 @@
-//! The listener: binding, the acceptor thread, the bound on open connections (answered 503 past
-//! it), a thread per connection, and graceful shutdown.
+//! The listener: binding, the acceptor thread, admission (the registry's limits; a refused
+//! connection is answered 503 by the acceptor), a thread per connection, and graceful shutdown.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
 };
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::connection::serve_connection;
+use super::peers::{is_trusted, limit_key};
+use super::registry::{Registry, Ticket};
 use super::wire::{encode, ConnectionHeader};
 use super::{
     log_line, Handler, Response, ServerConfig, Shared, READ_CHUNK, REJECT_WRITE_TIMEOUT,
@@ -34,12 +36,14 @@ impl Server {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
+            registry: Registry::new(config.max_connections, config.max_connections_per_addr),
             config,
             handler,
             stopping: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             lock: Mutex::new(()),
             all_closed: Condvar::new(),
+            reject_log: Throttle::new(),
         });
         let acceptor_shared = Arc::clone(&shared);
         let acceptor = thread::Builder::new()
@@ -88,8 +92,15 @@ impl Server {
         }
     }
 
+    /// Connection threads running (a connection closed to make room counts until its thread
+    /// has noticed, within a poll).
     pub fn open_connections(&self) -> usize {
         self.shared.open.load(Ordering::SeqCst)
+    }
+
+    /// Connections admitted and counted by the limits.
+    pub fn admitted_connections(&self) -> usize {
+        self.shared.registry.len()
     }
 
     /// Sets the stop flag, wakes the acceptor by connecting to it, and waits for it to exit.
@@ -152,11 +163,13 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     log::debug!("{} acceptor stopped", shared.config.name);
 }
 
-/// Lowers the open-connection counter when the connection thread ends (or fails to start).
-pub(super) struct ConnGuard(Arc<Shared>);
+/// Lowers the thread counter and leaves the registry when the connection thread ends (or fails
+/// to start).
+pub(super) struct ConnGuard(Arc<Shared>, Ticket);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        self.0.registry.remove(&self.1);
         self.0.open.fetch_sub(1, Ordering::SeqCst);
         let _guard = self.0.lock.lock().unwrap_or_else(PoisonError::into_inner);
         self.0.all_closed.notify_all();
@@ -164,20 +177,24 @@ impl Drop for ConnGuard {
 }
 
 pub(super) fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    // Only this thread raises the counter, so it cannot pass the bound between load and add.
-    let open = shared.open.load(Ordering::SeqCst);
-    if open >= shared.config.max_connections {
-        reject_busy(&shared.config, stream, peer, open);
-        return;
-    }
+    // A trusted proxy's connection counts under the clients it carries, not under the proxy.
+    let key =
+        (!is_trusted(&shared.config.trusted_proxies, peer.ip())).then(|| limit_key(peer.ip()));
+    let ticket = match shared.registry.admit(key, Instant::now()) {
+        Ok(ticket) => ticket,
+        Err(limit) => {
+            reject_busy(shared, stream, peer, limit);
+            return;
+        }
+    };
     shared.open.fetch_add(1, Ordering::SeqCst);
-    let guard = ConnGuard(Arc::clone(shared));
+    let guard = ConnGuard(Arc::clone(shared), ticket);
     let spawned = thread::Builder::new()
         .name(format!("{}-conn", shared.config.name))
         .stack_size(THREAD_STACK)
         .spawn(move || {
             let guard = guard;
-            serve_connection(&guard.0, stream, peer);
+            serve_connection(&guard.0, stream, peer, &guard.1);
         });
     // On failure the closure, and with it the stream and the guard, is dropped.
     if let Err(e) = spawned {
@@ -188,15 +205,14 @@ pub(super) fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     }
 }
 
-/// The acceptor's own answer when `max_connections` are open.
-pub(super) fn reject_busy(
-    config: &ServerConfig,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    open: usize,
-) {
+/// The acceptor's own answer when a limit refuses a connection.
+pub(super) fn reject_busy(shared: &Shared, mut stream: TcpStream, peer: SocketAddr, limit: &str) {
     let started = Instant::now();
-    let response = Response::text(503, "server busy\n").with_header("Retry-After", "1");
+    let body = match limit {
+        "max_connections_per_addr" => "server busy: too many connections from your address\n",
+        _ => "server busy\n",
+    };
+    let response = Response::text(503, body).with_header("Retry-After", "1");
     let wire = encode(&response, ConnectionHeader::Close, false);
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(REJECT_WRITE_TIMEOUT));
@@ -212,12 +228,65 @@ pub(super) fn reject_busy(
             }
         }
     }
-    let mut extra = format!("error=max_connections open={open}");
+    // One hostile address can make thousands of these a second: log one a second at most.
+    let Some(suppressed) = shared.reject_log.allow(Instant::now()) else {
+        return;
+    };
+    let mut extra = format!("error={limit} open={}", shared.registry.len());
     if written.is_err() {
         extra.push_str(" write=failed");
     }
+    if suppressed > 0 {
+        extra.push_str(&format!(" suppressed={suppressed}"));
+    }
     log::warn!(
         "{}",
-        log_line(config.name, "-", "-", 503, started.elapsed(), peer, &extra)
+        log_line(
+            shared.config.name,
+            "-",
+            "-",
+            503,
+            started.elapsed(),
+            peer,
+            peer.ip().to_canonical(),
+            &extra
+        )
     );
+}
+
+/// At most one log line a second; counts the lines it held back.
+pub(super) struct Throttle {
+    started: Instant,
+    /// Milliseconds after `started` of the last line logged, plus one (0: none yet).
+    last_ms: AtomicU64,
+    held: AtomicU64,
+}
+
+impl Throttle {
+    pub(super) fn new() -> Throttle {
+        Throttle {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when this line may be logged.
+    pub(super) fn allow(&self, now: Instant) -> Option<u64> {
+        let now_ms = now.saturating_duration_since(self.started).as_millis() as u64 + 1;
+        let last = self.last_ms.load(Ordering::SeqCst);
+        if last != 0 && now_ms < last + 1000 {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            return None;
+        }
+        if self
+            .last_ms
+            .compare_exchange(last, now_ms, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(self.held.swap(0, Ordering::SeqCst))
+    }
 }

