@@ -13,7 +13,8 @@
 //!   `GET /control/jobs/N` answers its [`JobView`]: progress bars, then the [`Report`] or the
 //!   error. The CLI polls every 200 ms.
 //! - Every request needs `Authorization: Bearer <token>` (compared in constant time) and must come
-//!   from a loopback address; anything else is 401/403 and does nothing. The routes take no cookie,
+//!   from a loopback address (the peer, and the client a trusted proxy names); anything else is
+//!   401/403 and does nothing. The routes take no cookie,
 //!   so the admin's CSRF rules do not apply to them.
 //!
 //! # In the CLI
@@ -201,7 +202,9 @@ impl Control {
     /// Answers a request under `/control/`; `None` for any other path.
     pub fn handle(&self, req: &Request) -> Option<Response> {
         let rest = req.path.strip_prefix("/control/")?;
-        if !req.remote.ip().is_loopback() {
+        // Both: a request a trusted proxy passed on comes from a loopback peer, but from a client
+        // elsewhere (a proxy config that publishes `/control/` must not open it to the world).
+        if !req.remote.ip().is_loopback() || !req.client.is_loopback() {
             return Some(
                 Response::json_error(403, "the control endpoint answers loopback only")
                     .with_log("control=refused_remote"),
@@ -542,5 +545,39 @@ impl Remote {
                 msg: e.to_string(),
             })?;
         Ok((status, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(remote: &str, client: &str) -> Request {
+        Request {
+            method: "GET".into(),
+            path: "/control/jobs/1".into(),
+            query: String::new(),
+            headers: vec![],
+            body: vec![],
+            remote: remote.parse().unwrap(),
+            client: client.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn only_a_loopback_client_reaches_the_routes() {
+        let control = Control::new(None).unwrap();
+        let status = |remote, client| control.handle(&request(remote, client)).unwrap().status;
+        assert_eq!(
+            status("127.0.0.1:5000", "127.0.0.1"),
+            401,
+            "on to the token"
+        );
+        assert_eq!(status("192.0.2.1:5000", "192.0.2.1"), 403);
+        assert_eq!(
+            status("127.0.0.1:5000", "203.0.113.9"),
+            403,
+            "a client behind a trusted proxy"
+        );
     }
 }

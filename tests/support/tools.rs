@@ -387,12 +387,16 @@ pub fn post_signed(addr: &str, body: &[u8]) -> Option<u16> {
 /// A TLS client for the proxies: curl, resolving the documented host names to 127.0.0.1 on the
 /// proxy's port, trusting only the test's CA, keeping cookies in a jar as a browser does (curl,
 /// like a browser, sends a `Secure` cookie only over https and honours the `__Host-` prefix).
+#[derive(Clone)]
 pub struct Browser {
     pub curl: PathBuf,
     pub dir: PathBuf,
     pub port: u16,
     pub ca: PathBuf,
     pub hosts: Vec<String>,
+    /// The local address curl binds its connections to (`--interface`); the kernel's choice
+    /// (127.0.0.1) when `None`.
+    pub source: Option<String>,
     n: usize,
 }
 
@@ -440,7 +444,22 @@ impl Browser {
             port,
             ca: ca.to_path_buf(),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            source: None,
             n: 0,
+        }
+    }
+
+    /// Another browser, on another machine: the same proxy and CA, a cookie jar of its own (in
+    /// `<dir>/from-<ip>`), every connection from `ip` (Linux routes all of 127/8 to lo, so
+    /// 127.0.0.2 reaches a proxy listening on 127.0.0.1 from an address of its own).
+    pub fn bound_to(&self, ip: &str) -> Browser {
+        let dir = self.dir.join(format!("from-{ip}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Browser {
+            dir,
+            source: Some(ip.to_string()),
+            n: 0,
+            ..self.clone()
         }
     }
 
@@ -463,6 +482,9 @@ impl Browser {
             .args(["-w", "%{http_code}"]);
         for host in &self.hosts {
             cmd.args(["--resolve", &format!("{host}:{}:127.0.0.1", self.port)]);
+        }
+        if let Some(ip) = &self.source {
+            cmd.args(["--interface", ip]);
         }
         let out = cmd.args(args).arg(url).output().unwrap();
         let status = String::from_utf8_lossy(&out.stdout)
