@@ -404,3 +404,225 @@ CREATE TABLE stripe_errors (
     message     TEXT NOT NULL,
     request_id  TEXT
 );
+
+-- step 6: the mirror refers to its state's text in the event body instead of copying it
+-- The state an object holds is almost always `data.object` of one stored event, byte for byte, so
+-- `object_rows` keeps where that text lies (`body_seq`: the event's seq; `data_start`, `data_len`:
+-- the byte span in its body) instead of a second copy: about 40% less written per event and on
+-- disk. `data` is kept inline only for what has no event body (a state fetched from Stripe's API,
+-- and rows from before this step). `objects` becomes a view with the same columns as before (and
+-- the object's `rowid`), so every query of it (the typed views, the read API, sqlite3 users) is
+-- unchanged; the projection writes `object_rows`. Retention already keeps the body of the event an
+-- object's state comes from. `customer` and `email` (lowercased) become real columns, filled from
+-- the object when its state is written, so their indexes no longer parse JSON on every write.
+-- Derived state: this copies the rows with their rowids; `replay --rebuild` would give the same.
+DROP VIEW customers;
+DROP VIEW subscriptions;
+DROP VIEW invoices;
+DROP VIEW payment_intents;
+DROP VIEW charges;
+DROP VIEW refunds;
+DROP VIEW checkout_sessions;
+DROP VIEW products;
+DROP VIEW prices;
+CREATE TABLE object_rows (
+    id          TEXT PRIMARY KEY,
+    type        TEXT NOT NULL,                 -- data.object.object: customer, subscription, checkout.session ...
+    account     TEXT,                          -- Connect account, NULL for the platform
+    livemode    INTEGER CHECK (livemode IN (0, 1)),
+    data        TEXT,                          -- the state's JSON inline; NULL when body_seq says where it is
+    body_seq    INTEGER,                       -- events.seq whose body holds the state's exact text
+    data_start  INTEGER,                       -- its byte offset in that body
+    data_len    INTEGER,                       -- its length in bytes
+    customer    TEXT,                          -- the state's `customer` (an id), for objects_customer
+    email       TEXT,                          -- the state's `email`, lowercased, for objects_email
+    k_created   INTEGER,                       -- event.created second, or the second a fetch began
+    k_rank      INTEGER,
+    k_seq       INTEGER,                       -- events.seq of event_id; for a fetched state, MAX(events.seq) when fetched
+    source      TEXT NOT NULL DEFAULT 'event' CHECK (source IN ('event', 'refetch', 'backfill')),
+    event_id    TEXT,                          -- the event whose state is held; NULL for a fetched state
+    deleted     INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1)),
+    deleted_at  INTEGER,
+    uncertain   INTEGER NOT NULL DEFAULT 0 CHECK (uncertain IN (0, 1)),
+    first_seen  INTEGER NOT NULL,              -- unix ms
+    updated_at  INTEGER NOT NULL,              -- unix ms
+    CHECK (data IS NOT NULL OR (body_seq IS NOT NULL AND data_start >= 0 AND data_len > 0))
+);
+INSERT INTO object_rows (rowid, id, type, account, livemode, data, customer, email, k_created,
+                         k_rank, k_seq, source, event_id, deleted, deleted_at, uncertain,
+                         first_seen, updated_at)
+SELECT rowid, id, type, account, livemode, data,
+       CASE json_type(data, '$.customer') WHEN 'text' THEN json_extract(data, '$.customer') END,
+       CASE json_type(data, '$.email') WHEN 'text' THEN lower(json_extract(data, '$.email')) END,
+       k_created, k_rank, k_seq, source, event_id, deleted, deleted_at, uncertain, first_seen,
+       updated_at
+FROM objects;
+DROP TABLE objects;
+CREATE INDEX objects_type ON object_rows (type);
+CREATE INDEX objects_customer ON object_rows (customer) WHERE customer IS NOT NULL;
+CREATE INDEX objects_uncertain ON object_rows (uncertain) WHERE uncertain = 1;
+CREATE INDEX objects_email ON object_rows (email) WHERE email IS NOT NULL;
+CREATE VIEW objects AS
+SELECT o.rowid AS rowid, o.id, o.type, o.account, o.livemode,
+       coalesce(o.data, CAST(substr(e.body, o.data_start + 1, o.data_len) AS TEXT)) AS data,
+       o.k_created, o.k_rank, o.k_seq, o.source, o.event_id, o.deleted, o.deleted_at,
+       o.uncertain, o.first_seen, o.updated_at, o.customer, o.email
+FROM object_rows o LEFT JOIN events e ON e.seq = o.body_seq;
+
+CREATE VIEW customers AS
+SELECT id,
+       json_extract(data, '$.email') AS email,
+       json_extract(data, '$.name') AS name,
+       json_extract(data, '$.phone') AS phone,
+       json_extract(data, '$.description') AS description,
+       json_extract(data, '$.currency') AS currency,
+       json_extract(data, '$.balance') AS balance,
+       json_extract(data, '$.delinquent') AS delinquent,
+       json_extract(data, '$.invoice_settings.default_payment_method') AS default_payment_method,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'customer';
+
+CREATE VIEW subscriptions AS
+SELECT id,
+       customer AS customer,
+       json_extract(data, '$.status') AS status,
+       coalesce(json_extract(data, '$.current_period_start'),
+                json_extract(data, '$.items.data[0].current_period_start')) AS current_period_start,
+       coalesce(json_extract(data, '$.current_period_end'),
+                json_extract(data, '$.items.data[0].current_period_end')) AS current_period_end,
+       json_extract(data, '$.cancel_at_period_end') AS cancel_at_period_end,
+       json_extract(data, '$.cancel_at') AS cancel_at,
+       json_extract(data, '$.canceled_at') AS canceled_at,
+       json_extract(data, '$.ended_at') AS ended_at,
+       json_extract(data, '$.trial_end') AS trial_end,
+       json_extract(data, '$.items.data[0].price.id') AS price,
+       json_extract(data, '$.items.data[0].price.product') AS product,
+       json_extract(data, '$.items.data[0].quantity') AS quantity,
+       json_extract(data, '$.currency') AS currency,
+       json_extract(data, '$.latest_invoice') AS latest_invoice,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'subscription';
+
+CREATE VIEW invoices AS
+SELECT id,
+       customer AS customer,
+       coalesce(json_extract(data, '$.subscription'),
+                json_extract(data, '$.parent.subscription_details.subscription')) AS subscription,
+       json_extract(data, '$.status') AS status,
+       json_extract(data, '$.number') AS number,
+       json_extract(data, '$.amount_due') AS amount_due,
+       json_extract(data, '$.amount_paid') AS amount_paid,
+       json_extract(data, '$.amount_remaining') AS amount_remaining,
+       json_extract(data, '$.total') AS total,
+       json_extract(data, '$.currency') AS currency,
+       json_extract(data, '$.customer_email') AS customer_email,
+       json_extract(data, '$.hosted_invoice_url') AS hosted_invoice_url,
+       json_extract(data, '$.period_start') AS period_start,
+       json_extract(data, '$.period_end') AS period_end,
+       json_extract(data, '$.due_date') AS due_date,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'invoice';
+
+CREATE VIEW payment_intents AS
+SELECT id,
+       customer AS customer,
+       json_extract(data, '$.status') AS status,
+       json_extract(data, '$.amount') AS amount,
+       json_extract(data, '$.amount_received') AS amount_received,
+       json_extract(data, '$.currency') AS currency,
+       json_extract(data, '$.latest_charge') AS latest_charge,
+       json_extract(data, '$.description') AS description,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'payment_intent';
+
+CREATE VIEW charges AS
+SELECT id,
+       customer AS customer,
+       json_extract(data, '$.payment_intent') AS payment_intent,
+       json_extract(data, '$.status') AS status,
+       json_extract(data, '$.amount') AS amount,
+       json_extract(data, '$.amount_captured') AS amount_captured,
+       json_extract(data, '$.amount_refunded') AS amount_refunded,
+       json_extract(data, '$.currency') AS currency,
+       json_extract(data, '$.paid') AS paid,
+       json_extract(data, '$.captured') AS captured,
+       json_extract(data, '$.refunded') AS refunded,
+       json_extract(data, '$.disputed') AS disputed,
+       json_extract(data, '$.billing_details.email') AS email,
+       json_extract(data, '$.receipt_url') AS receipt_url,
+       json_extract(data, '$.failure_code') AS failure_code,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'charge';
+
+CREATE VIEW refunds AS
+SELECT id,
+       json_extract(data, '$.charge') AS charge,
+       json_extract(data, '$.payment_intent') AS payment_intent,
+       json_extract(data, '$.status') AS status,
+       json_extract(data, '$.amount') AS amount,
+       json_extract(data, '$.currency') AS currency,
+       json_extract(data, '$.reason') AS reason,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'refund';
+
+CREATE VIEW checkout_sessions AS
+SELECT id,
+       customer AS customer,
+       coalesce(json_extract(data, '$.customer_details.email'),
+                json_extract(data, '$.customer_email')) AS email,
+       json_extract(data, '$.status') AS status,
+       json_extract(data, '$.payment_status') AS payment_status,
+       json_extract(data, '$.mode') AS mode,
+       json_extract(data, '$.amount_subtotal') AS amount_subtotal,
+       json_extract(data, '$.amount_total') AS amount_total,
+       json_extract(data, '$.currency') AS currency,
+       json_extract(data, '$.payment_intent') AS payment_intent,
+       json_extract(data, '$.subscription') AS subscription,
+       json_extract(data, '$.invoice') AS invoice,
+       json_extract(data, '$.client_reference_id') AS client_reference_id,
+       json_extract(data, '$.expires_at') AS expires_at,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'checkout.session';
+
+CREATE VIEW products AS
+SELECT id,
+       json_extract(data, '$.name') AS name,
+       json_extract(data, '$.active') AS active,
+       json_extract(data, '$.description') AS description,
+       json_extract(data, '$.default_price') AS default_price,
+       json_extract(data, '$.type') AS product_type,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       json_extract(data, '$.updated') AS updated,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'product';
+
+CREATE VIEW prices AS
+SELECT id,
+       json_extract(data, '$.product') AS product,
+       json_extract(data, '$.active') AS active,
+       json_extract(data, '$.unit_amount') AS unit_amount,
+       json_extract(data, '$.currency') AS currency,
+       json_extract(data, '$.type') AS price_type,
+       json_extract(data, '$.recurring.interval') AS interval,
+       json_extract(data, '$.recurring.interval_count') AS interval_count,
+       json_extract(data, '$.lookup_key') AS lookup_key,
+       json_extract(data, '$.nickname') AS nickname,
+       json_extract(data, '$.metadata') AS metadata,
+       json_extract(data, '$.created') AS created,
+       livemode, deleted, uncertain, account, event_id, updated_at
+FROM objects WHERE type = 'price';

@@ -342,9 +342,12 @@ fn check_compares_the_mirror_with_a_rebuild() {
     let writer = app.service.as_ref().unwrap().writer();
     writer
         .run(|conn| {
-            conn.execute("UPDATE objects SET data = '{}' WHERE type = 'invoice'", [])
-                .map(|_| ())
-                .map_err(|e| stripe_inbox::error::Error::sqlite("damage", e))
+            conn.execute(
+                "UPDATE object_rows SET data = '{}', body_seq = NULL WHERE type = 'invoice'",
+                [],
+            )
+            .map(|_| ())
+            .map_err(|e| stripe_inbox::error::Error::sqlite("damage", e))
         })
         .unwrap();
     app.stop();

@@ -387,7 +387,7 @@ fn database_error_answers_503_and_recovers() {
 fn a_failing_projection_still_stores_the_event() {
     let app = TestApp::start();
     let writer = app.service.as_ref().unwrap().writer();
-    let fail = "CREATE TEMP TRIGGER fail_project BEFORE INSERT ON objects BEGIN SELECT RAISE(ABORT, 'bug'); END;";
+    let fail = "CREATE TEMP TRIGGER fail_project BEFORE INSERT ON object_rows BEGIN SELECT RAISE(ABORT, 'bug'); END;";
     writer
         .run(move |conn| {
             conn.execute_batch(fail)

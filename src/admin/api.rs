@@ -142,8 +142,8 @@ pub fn parse_list_query(query: &str) -> Result<ListQuery, String> {
         };
         match key.as_str() {
             "type" => add("type = ?", value),
-            "customer" => add("json_extract(data, '$.customer') = ?", value),
-            "email" => add("json_extract(data, '$.email') = ? COLLATE NOCASE", value),
+            "customer" => add("customer = ?", value),
+            "email" => add("email = lower(?)", value),
             "status" => add("json_extract(data, '$.status') = ?", value),
             "starting_after" => add("id > ?", value),
             "deleted" => match value.as_str() {

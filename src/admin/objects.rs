@@ -256,8 +256,8 @@ fn items_by_rowid(conn: &Connection, rowids: &[i64]) -> Result<Vec<Item>> {
 /// Customers whose email is `email` (any case), through the `objects_email` index.
 pub fn customers_by_email(conn: &Connection, email: &str) -> Result<Vec<Item>> {
     let sql = format!(
-        "SELECT {ITEM_COLUMNS} FROM objects INDEXED BY objects_email
-         WHERE type = 'customer' AND lower(json_extract(data, '$.email')) = lower(?1)
+        "SELECT {ITEM_COLUMNS} FROM objects
+         WHERE email = lower(?1) AND type = 'customer'
          LIMIT {PAGE}"
     );
     let mut stmt = conn
@@ -630,7 +630,7 @@ pub fn show(admin: &Admin, req: &Request, viewer: &Viewer, id: &str) -> Result<R
 fn related(conn: &Connection, customer: &str) -> Result<Vec<Item>> {
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT {ITEM_COLUMNS} FROM objects WHERE json_extract(data, '$.customer') = ?1
+            "SELECT {ITEM_COLUMNS} FROM objects WHERE customer = ?1
              ORDER BY rowid DESC LIMIT 100"
         ))
         .map_err(|e| Error::sqlite("read related objects", e))?;

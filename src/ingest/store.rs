@@ -309,7 +309,7 @@ mod tests {
         let conn = store::open_memory().unwrap();
         // The projection writes `objects`; make every write there fail.
         conn.execute_batch(
-            "CREATE TRIGGER no_objects BEFORE INSERT ON objects
+            "CREATE TRIGGER no_objects BEFORE INSERT ON object_rows
              BEGIN SELECT RAISE(ABORT, 'objects refused'); END;",
         )
         .unwrap();

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::json_span::data_object_raw;
 use super::lifecycle::Rank;
+use super::rows::BodySpan;
 use super::shape::{classify, livemode, Kind};
 
 /// Beyond this many other events about one object in one second, a tie is not compared but
@@ -22,6 +23,9 @@ pub(super) struct Candidate<'a> {
     pub(super) rank: Rank,
     pub(super) data: Cow<'a, Value>,
     pub(super) text: Text<'a>,
+    /// Where `text` lies in an event body, for a `Text::Object` (the event being applied, or the
+    /// stored row's state); a `Text::Body` candidate finds its own span.
+    pub(super) span: Option<BodySpan>,
     pub(super) prev: Option<Cow<'a, Value>>,
     pub(super) account: Option<String>,
     pub(super) livemode: Option<bool>,
@@ -42,6 +46,20 @@ impl Candidate<'_> {
     /// `seq`; a fetched state by `MAX(events.seq)` when it was fetched, after the event of that seq.
     pub(super) fn arrival(&self) -> (i64, bool) {
         (self.seq, self.fetched)
+    }
+
+    /// Where the candidate's text lies in an event body, if it is an event's `data.object`.
+    pub(super) fn body_span(&self) -> Option<BodySpan> {
+        if self.fetched || self.event_id.is_none() {
+            return self.span.filter(|_| !self.fetched);
+        }
+        match &self.text {
+            Text::Object(_) => self.span,
+            Text::Body(body) => {
+                let text = std::str::from_utf8(body).ok().and_then(data_object_raw)?;
+                BodySpan::of_slice(self.seq, body, text)
+            }
+        }
     }
 
     pub(super) fn text(&self) -> Cow<'_, str> {
@@ -91,6 +109,7 @@ pub(super) fn candidate_from_body(
         rank: Rank::of(otype.unwrap_or(shape.otype), event_type, kind, &data),
         data: Cow::Owned(data),
         text: Text::Body(body),
+        span: None,
         prev: prev.map(Cow::Owned),
         account,
         livemode: live,

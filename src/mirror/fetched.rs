@@ -142,8 +142,11 @@ struct Snapshot {
 }
 
 fn snapshot(conn: &Connection, id: &str) -> rusqlite::Result<Option<Snapshot>> {
-    Ok(load(conn, id)?.map(|s| Snapshot {
-        data: serde_json::from_str(&s.data).unwrap_or(Value::Null),
+    let Some(s) = load(conn, id)? else {
+        return Ok(None);
+    };
+    Ok(Some(Snapshot {
+        data: serde_json::from_str(s.data(conn)?).unwrap_or(Value::Null),
         deleted: s.deleted,
         uncertain: s.uncertain,
     }))
@@ -223,6 +226,7 @@ fn project(
                         account: f.account,
                         livemode: f.livemode,
                         data: &stub,
+                        at: None,
                         k_created: None,
                         k_rank: None,
                         k_seq: None,
@@ -247,6 +251,7 @@ fn project(
         account: f.account,
         livemode,
         data: raw,
+        at: None,
         k_created: Some(second),
         k_rank: rank.status(),
         k_seq: Some(after_seq),
@@ -268,6 +273,7 @@ fn project(
                 rank,
                 data: Cow::Borrowed(object),
                 text: Text::Object(Cow::Borrowed(raw)),
+                span: None,
                 prev: None,
                 account: f.account.map(str::to_owned),
                 livemode,

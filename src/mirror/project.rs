@@ -75,7 +75,7 @@ pub fn apply(conn: &Connection, input: &Input, now_ms: i64) -> rusqlite::Result<
             // test event): it joins that state, which can only grow stronger, so only a delete or
             // an uncertain row needs the whole second decided again. Bursts stay cheap.
             let raw = raw_text(input, object);
-            if shape.kind != Kind::Deleted && !stored.uncertain && *raw == *stored.data {
+            if shape.kind != Kind::Deleted && !stored.uncertain && *raw == *stored.data(conn)? {
                 if stored
                     .event_id
                     .as_deref()

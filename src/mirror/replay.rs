@@ -57,7 +57,7 @@ pub fn replay_event(conn: &Connection, event_id: &str) -> Result<Decision> {
 /// Forgets one object and re-derives it from every event about it (and its fetched state);
 /// returns how many events.
 pub fn rebuild_object(conn: &Connection, object_id: &str) -> Result<usize> {
-    conn.execute("DELETE FROM objects WHERE id = ?1", [object_id])
+    conn.execute("DELETE FROM object_rows WHERE id = ?1", [object_id])
         .map_err(|e| Error::sqlite("forget object", e))?;
     let rows: Vec<(i64, Vec<u8>)> = {
         let mut stmt = conn
@@ -104,7 +104,7 @@ pub fn rebuild_all(
     let mut tx = conn
         .unchecked_transaction()
         .map_err(|e| Error::sqlite("begin rebuild", e))?;
-    tx.execute("DELETE FROM objects", [])
+    tx.execute("DELETE FROM object_rows", [])
         .map_err(|e| Error::sqlite("empty objects", e))?;
     progress(0, total);
     loop {
@@ -165,7 +165,7 @@ pub fn verify_mirror(conn: &Connection) -> Result<MirrorCheck> {
     )
     .map_err(sql)?;
     let result = (|| -> Result<MirrorCheck> {
-        conn.execute("DELETE FROM objects", []).map_err(sql)?;
+        conn.execute("DELETE FROM object_rows", []).map_err(sql)?;
         let rows: Vec<(i64, Vec<u8>)> = {
             let mut stmt = conn
                 .prepare("SELECT seq, body FROM events ORDER BY seq")

@@ -1,20 +1,51 @@
 //! The SQL of the projection: the stored row as decisions need it, the row one write sets, and
-//! the statements that read and write `objects` (and read a tied second's other events, and the
-//! fetched state of that second).
+//! the statements that read and write `object_rows` (the table behind the `objects` view), and
+//! read a tied second's other events and the fetched state of that second.
+//!
+//! A state that is one stored event's `data.object` is written as a reference to that text in the
+//! event's body ([`BodySpan`]), not as a copy; only a state with no event body (a fetched one) is
+//! written inline. The `objects` view puts the text back together for every reader.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::candidate::{candidate_from_body, Candidate, Text, MAX_TIE_EVENTS};
+use super::json_span::top_level_string;
 use super::lifecycle::Rank;
 use super::shape::{livemode, Input, Kind, Shape};
 
-/// The stored row, as far as decisions need it.
+/// Where a state's exact JSON text lies: bytes `start..start + len` of the body of event `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct BodySpan {
+    pub(super) seq: i64,
+    pub(super) start: usize,
+    pub(super) len: usize,
+}
+
+impl BodySpan {
+    /// The span of `text` within `body`, when `text` is a slice of it.
+    pub(super) fn of_slice(seq: i64, body: &[u8], text: &str) -> Option<BodySpan> {
+        let start = (text.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+        (start + text.len() <= body.len()).then_some(BodySpan {
+            seq,
+            start,
+            len: text.len(),
+        })
+    }
+}
+
+/// The stored row, as far as decisions need it. Its data is read only when a decision needs it
+/// (a tie, or an event of the stored second): most events only compare seconds.
 pub(super) struct Stored {
-    pub(super) data: String,
+    /// The inline data, when the row has no body reference.
+    inline: Option<String>,
+    /// Where the data lies in an event body.
+    pub(super) body: Option<BodySpan>,
+    text: OnceCell<String>,
     pub(super) k_created: Option<i64>,
     pub(super) k_seq: Option<i64>,
     pub(super) source: String,
@@ -27,27 +58,54 @@ pub(super) struct Stored {
 }
 
 impl Stored {
+    /// The stored state's exact JSON text (read from the event body it refers to, once).
+    pub(super) fn data(&self, conn: &Connection) -> rusqlite::Result<&str> {
+        if let Some(text) = self.text.get() {
+            return Ok(text);
+        }
+        let text = match (&self.inline, self.body) {
+            (Some(inline), _) => inline.clone(),
+            (None, Some(at)) => conn
+                .prepare_cached(
+                    "SELECT CAST(substr(body, ?2 + 1, ?3) AS TEXT) FROM events WHERE seq = ?1",
+                )?
+                .query_row(params![at.seq, at.start as i64, at.len as i64], |r| {
+                    r.get::<_, String>(0)
+                })?,
+            (None, None) => String::new(),
+        };
+        Ok(self.text.get_or_init(|| text))
+    }
+
     /// The stored state as a tie candidate, for when its event is not in `events`.
-    pub(super) fn candidate(&self, otype: &str) -> Option<Candidate<'static>> {
-        let data: Value = serde_json::from_str(&self.data).ok()?;
+    pub(super) fn candidate(
+        &self,
+        conn: &Connection,
+        otype: &str,
+    ) -> rusqlite::Result<Option<Candidate<'static>>> {
+        let text = self.data(conn)?.to_owned();
+        let Ok(data) = serde_json::from_str::<Value>(&text) else {
+            return Ok(None);
+        };
         // At its own second a delete always wins, so a tombstone of this second holds its state.
         let kind = match (self.deleted_at, self.k_created) {
             (Some(d), Some(k)) if d == k => Kind::Deleted,
             _ => Kind::Other,
         };
-        Some(Candidate {
+        Ok(Some(Candidate {
             event_id: self.event_id.clone(),
             seq: self.k_seq.unwrap_or(0),
             kind,
             rank: Rank::of(otype, "", kind, &data),
             data: Cow::Owned(data),
-            text: Text::Object(Cow::Owned(self.data.clone())),
+            text: Text::Object(Cow::Owned(text)),
+            span: self.body,
             prev: None,
             account: self.account.clone(),
             livemode: self.livemode,
             source: self.source.clone(),
             fetched: self.is_fetched(),
-        })
+        }))
     }
 
     /// The state came from Stripe's API (rule 5), not from an event.
@@ -61,7 +119,10 @@ pub(super) struct Row<'r> {
     pub(super) otype: &'r str,
     pub(super) account: Option<&'r str>,
     pub(super) livemode: Option<bool>,
+    /// The state's exact JSON text.
     pub(super) data: &'r str,
+    /// Where `data` lies in an event body: written as this reference instead of a copy.
+    pub(super) at: Option<BodySpan>,
     pub(super) k_created: Option<i64>,
     pub(super) k_rank: Option<i64>,
     pub(super) k_seq: Option<i64>,
@@ -83,6 +144,14 @@ impl<'r> Row<'r> {
             account: input.account,
             livemode: livemode(input.livemode, object),
             data: raw,
+            at: input
+                .object_span
+                .filter(|(s, e)| e - s == raw.len())
+                .map(|(start, end)| BodySpan {
+                    seq: input.seq,
+                    start,
+                    len: end - start,
+                }),
             k_created: Some(input.created),
             k_rank: Rank::of(shape.otype, input.event_type, shape.kind, object).status(),
             k_seq: Some(input.seq),
@@ -95,22 +164,36 @@ impl<'r> Row<'r> {
 
 pub(super) fn load(conn: &Connection, id: &str) -> rusqlite::Result<Option<Stored>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT data, k_created, k_seq, source, event_id, deleted, deleted_at, uncertain,
-                account, livemode
-         FROM objects WHERE id = ?1",
+        "SELECT data, body_seq, data_start, data_len, k_created, k_seq, source, event_id, deleted,
+                deleted_at, uncertain, account, livemode
+         FROM object_rows WHERE id = ?1",
     )?;
     stmt.query_row([id], |r| {
+        let body = match (
+            r.get::<_, Option<i64>>(1)?,
+            r.get::<_, Option<i64>>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+        ) {
+            (Some(seq), Some(start), Some(len)) => Some(BodySpan {
+                seq,
+                start: usize::try_from(start).unwrap_or(0),
+                len: usize::try_from(len).unwrap_or(0),
+            }),
+            _ => None,
+        };
         Ok(Stored {
-            data: r.get(0)?,
-            k_created: r.get(1)?,
-            k_seq: r.get(2)?,
-            source: r.get(3)?,
-            event_id: r.get(4)?,
-            deleted: r.get(5)?,
-            deleted_at: r.get(6)?,
-            uncertain: r.get(7)?,
-            account: r.get(8)?,
-            livemode: r.get(9)?,
+            inline: r.get(0)?,
+            body,
+            text: OnceCell::new(),
+            k_created: r.get(4)?,
+            k_seq: r.get(5)?,
+            source: r.get(6)?,
+            event_id: r.get(7)?,
+            deleted: r.get(8)?,
+            deleted_at: r.get(9)?,
+            uncertain: r.get(10)?,
+            account: r.get(11)?,
+            livemode: r.get(12)?,
         })
     })
     .optional()
@@ -165,16 +248,24 @@ pub(super) fn insert(
     now_ms: i64,
 ) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO objects (id, type, account, livemode, data, k_created, k_rank, k_seq, source,
-                              event_id, uncertain, deleted, deleted_at, first_seen, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12 IS NOT NULL, ?12, ?13, ?13)",
+        "INSERT INTO object_rows (id, type, account, livemode, data, body_seq, data_start, data_len,
+                                  customer, email, k_created, k_rank, k_seq, source, event_id,
+                                  uncertain, deleted, deleted_at, first_seen, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                 ?17 IS NOT NULL, ?17, ?18, ?18)",
     )?;
+    let (inline, seq, start, len, customer, email) = stored_form(row);
     stmt.execute(params![
         id,
         row.otype,
         row.account,
         row.livemode,
-        row.data,
+        inline,
+        seq,
+        start,
+        len,
+        customer,
+        email,
         row.k_created,
         row.k_rank,
         row.k_seq,
@@ -187,7 +278,8 @@ pub(super) fn insert(
     Ok(())
 }
 
-/// Replaces the state; `delete_at` (a delete event's second) sets the sticky tombstone.
+/// Replaces the state; `delete_at` (a delete event's second) sets the sticky tombstone. The type
+/// is not written again (an id never changes type), which spares its index a rewrite.
 pub(super) fn update(
     conn: &Connection,
     id: &str,
@@ -196,19 +288,25 @@ pub(super) fn update(
     now_ms: i64,
 ) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
-        "UPDATE objects SET type = ?2, account = ?3, livemode = ?4, data = ?5, k_created = ?6,
-                k_rank = ?7, k_seq = ?8, source = ?9, event_id = ?10, uncertain = ?11,
-                deleted = CASE WHEN ?12 IS NULL THEN deleted ELSE 1 END,
-                deleted_at = CASE WHEN ?12 IS NULL OR deleted_at >= ?12 THEN deleted_at ELSE ?12 END,
-                updated_at = ?13
+        "UPDATE object_rows SET account = ?2, livemode = ?3, data = ?4, body_seq = ?5,
+                data_start = ?6, data_len = ?7, customer = ?8, email = ?9, k_created = ?10,
+                k_rank = ?11, k_seq = ?12, source = ?13, event_id = ?14, uncertain = ?15,
+                deleted = CASE WHEN ?16 IS NULL THEN deleted ELSE 1 END,
+                deleted_at = CASE WHEN ?16 IS NULL OR deleted_at >= ?16 THEN deleted_at ELSE ?16 END,
+                updated_at = ?17
          WHERE id = ?1",
     )?;
+    let (inline, seq, start, len, customer, email) = stored_form(row);
     stmt.execute(params![
         id,
-        row.otype,
         row.account,
         row.livemode,
-        row.data,
+        inline,
+        seq,
+        start,
+        len,
+        customer,
+        email,
         row.k_created,
         row.k_rank,
         row.k_seq,
@@ -219,6 +317,32 @@ pub(super) fn update(
         now_ms
     ])?;
     Ok(())
+}
+
+/// How a row's state is stored: inline data or a body reference, and the indexed keys.
+type StoredForm<'r> = (
+    Option<&'r str>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+fn stored_form<'r>(row: &Row<'r>) -> StoredForm<'r> {
+    let customer = top_level_string(row.data, "customer");
+    let email = top_level_string(row.data, "email").map(|e| e.to_lowercase());
+    match row.at {
+        Some(at) => (
+            None,
+            Some(at.seq),
+            i64::try_from(at.start).ok(),
+            i64::try_from(at.len).ok(),
+            customer,
+            email,
+        ),
+        None => (Some(row.data), None, None, None, customer, email),
+    }
 }
 
 /// Sets the sticky tombstone without touching the state.
@@ -233,7 +357,7 @@ pub(super) fn mark_deleted(
         return Ok(());
     }
     let mut stmt = conn.prepare_cached(
-        "UPDATE objects SET deleted = 1,
+        "UPDATE object_rows SET deleted = 1,
                 deleted_at = CASE WHEN deleted_at >= ?2 THEN deleted_at ELSE ?2 END,
                 updated_at = ?3
          WHERE id = ?1",
@@ -277,6 +401,7 @@ pub(super) fn fetched_candidate(
         rank: Rank::of(otype, "", Kind::Other, &data),
         data: Cow::Owned(data),
         text: Text::Object(Cow::Owned(text)),
+        span: None,
         prev: None,
         account,
         livemode,

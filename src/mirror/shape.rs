@@ -27,6 +27,9 @@ pub struct Input<'a> {
     /// The exact JSON text of `event.data.object` (stored in `objects.data`); when `None`, the
     /// parsed object is serialised again ([`super::data_object_raw`] finds it in a body).
     pub object_raw: Option<&'a str>,
+    /// Where `object_raw` lies in the event's stored body (byte offsets), so that the mirror can
+    /// refer to it there instead of copying it; `None` when it is not known.
+    pub object_span: Option<(usize, usize)>,
     pub previous_attributes: Option<&'a Value>,
 }
 
@@ -42,6 +45,7 @@ pub fn input<'a>(env: &'a Envelope, body: &'a [u8], seq: i64) -> Input<'a> {
         thin: env.thin,
         object: env.object.as_ref(),
         object_raw: env.object_text(body),
+        object_span: env.object_text(body).and(env.object_span),
         previous_attributes: env.previous_attributes.as_ref(),
     }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::candidate::{Candidate, Text, MAX_TIE_EVENTS};
 use super::lifecycle::{Rank, Status};
-use super::rows::{fetched_candidate, load_group, update, Row, Stored};
+use super::rows::{fetched_candidate, load_group, update, BodySpan, Row, Stored};
 use super::shape::{livemode, raw_text, Input, Kind, Shape};
 use super::{Decision, TieRule};
 
@@ -44,6 +44,11 @@ pub(super) fn tie(
         rank: Rank::of(shape.otype, input.event_type, shape.kind, object),
         data: Cow::Borrowed(object),
         text: Text::Object(raw_text(input, object)),
+        span: input.object_span.map(|(start, end)| BodySpan {
+            seq: input.seq,
+            start,
+            len: end - start,
+        }),
         prev: input
             .previous_attributes
             .filter(|p| p.is_object())
@@ -150,7 +155,7 @@ pub(super) fn settle(
             .is_some_and(|id| cands.iter().any(|c| c.event_id.as_deref() == Some(id)))
     };
     if !stored_found {
-        if let Some(c) = stored.candidate(at.otype) {
+        if let Some(c) = stored.candidate(conn, at.otype)? {
             cands.push(c);
         }
     }
@@ -182,7 +187,7 @@ pub(super) fn settle(
     );
     let uncertain = res.rule == Some(TieRule::LastArrival);
     let rep_text = rep.text();
-    let changed = *rep_text != *stored.data
+    let changed = *rep_text != *stored.data(conn)?
         || rep.event_id != stored.event_id
         || rep.source != stored.source
         || Some(rep.seq) != stored.k_seq
@@ -216,6 +221,8 @@ fn row_of<'r>(at: Second<'r>, c: &'r Candidate, text: &'r str, uncertain: bool) 
         account: c.account.as_deref(),
         livemode: c.livemode,
         data: text,
+        // A copy made by `text()` (re-encoded data) has no place in a body.
+        at: c.body_span().filter(|s| s.len == text.len()),
         k_created: Some(at.second),
         k_rank: c.rank.status(),
         k_seq: Some(c.seq),

@@ -58,7 +58,7 @@ const BUSY_RETRY_FOR: Duration = Duration::from_secs(30);
 /// Each condition is checked both when a window is surveyed and inside the writer's transaction
 /// that prunes it.
 pub const PROTECTED: &[&str] = &[
-    "EXISTS (SELECT 1 FROM objects o WHERE o.id = events.object_id AND o.event_id = events.id)",
+    "EXISTS (SELECT 1 FROM object_rows o WHERE o.id = events.object_id AND o.event_id = events.id)",
     "EXISTS (SELECT 1 FROM deliveries d WHERE d.k_seq = events.seq AND d.state <> 'done')",
 ];
 
