@@ -126,11 +126,13 @@ impl Endpoint {
             received_at_ms: now_ms,
             source: Source::Webhook,
         };
+        // The event comes back with the answer, so that freeing its parsed envelope (a tree of
+        // allocations) happens on this thread, not on the writer's (measured: 2% of its time).
         let effects = self.effects.clone();
-        match self
+        let stored = self
             .writer
-            .run(move |conn| store_event(conn, &ingest, &effects))
-        {
+            .run(move |conn| store_event(conn, &ingest, &effects).map(|outcome| (outcome, ingest)));
+        match stored.map(|(outcome, _event)| outcome) {
             Ok(Outcome::Stored { .. }) => {
                 self.counters.stored.fetch_add(1, Ordering::Relaxed);
                 self.counters

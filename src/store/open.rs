@@ -24,6 +24,24 @@ pub type ReadPool = r2d2::Pool<r2d2_sqlite::SqliteConnectionManager>;
 /// How long a connection waits for a lock before SQLite gives up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often the writer and the checkpointer look again at a lock the other holds. SQLite's own
+/// busy timeout sleeps 1, 2, 5, 10 ... up to 100 ms between tries, so the writer could sleep on
+/// for tens of milliseconds after a checkpoint had long let go (measured: that set the p99 at a
+/// fixed 3,000 events/s). Polling every 250 µs costs nothing while nobody waits.
+const BUSY_POLL: Duration = Duration::from_micros(250);
+
+/// The writer's busy handler: retry every [`BUSY_POLL`] for [`BUSY_TIMEOUT`] in all.
+fn writer_busy(tries: i32) -> bool {
+    std::thread::sleep(BUSY_POLL);
+    i64::from(tries) < (BUSY_TIMEOUT.as_micros() / BUSY_POLL.as_micros()) as i64
+}
+
+/// The checkpointer's: the same polling, for at most 100 ms (it tries again next round).
+fn checkpointer_busy(tries: i32) -> bool {
+    std::thread::sleep(BUSY_POLL);
+    tries < 400
+}
+
 /// Opens the writer connection, creating the file if needed, and migrates it to the latest step.
 /// Call only from the code that owns the writer thread (or a command holding [`Lock`]).
 pub fn open_writer(path: &Path) -> Result<Connection> {
@@ -33,7 +51,7 @@ pub fn open_writer(path: &Path) -> Result<Connection> {
             .map_err(|e| Error::io(format!("create directory {}", dir.display()), e))?;
     }
     let conn = Connection::open(path).map_err(|e| Error::sqlite(what(), e))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
+    conn.busy_handler(Some(writer_busy))
         .map_err(|e| Error::sqlite(what(), e))?;
     // Only possible while the file is still empty: lets `prune` give space back with an
     // incremental vacuum instead of a full VACUUM that would stall the writer.
@@ -147,7 +165,7 @@ pub fn open_checkpointer(path: &Path) -> Result<Connection> {
     let what = || format!("open checkpoint connection to {}", path.display());
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(what(), e))?;
-    conn.busy_timeout(Duration::from_millis(100))
+    conn.busy_handler(Some(checkpointer_busy))
         .map_err(|e| Error::sqlite(what(), e))?;
     conn.execute_batch("PRAGMA query_only=ON;")
         .map_err(|e| Error::sqlite(what(), e))?;

@@ -343,15 +343,21 @@ fn in_savepoint(tx: &mut Transaction, job: Job) -> Result<(bool, Deliver)> {
 /// transaction (a writer closure): what `f` wrote stays if it succeeds and is rolled back if it
 /// fails, while the enclosing work goes on. For a step that may fail without failing its caller.
 pub fn nested<T>(conn: &Connection, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    conn.execute_batch(&format!("SAVEPOINT {name}"))
-        .map_err(|e| Error::sqlite(format!("savepoint {name}"), e))?;
+    // Prepared once per connection: this runs for every stored event.
+    let run = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut stmt| stmt.execute([]))
+            .map(|_| ())
+    };
+    run(&format!("SAVEPOINT {name}")).map_err(|e| Error::sqlite(format!("savepoint {name}"), e))?;
     let result = f();
     let end = match result {
-        Ok(_) => format!("RELEASE {name}"),
-        Err(_) => format!("ROLLBACK TO {name}; RELEASE {name}"),
+        Ok(_) => run(&format!("RELEASE {name}")),
+        Err(_) => {
+            run(&format!("ROLLBACK TO {name}")).and_then(|()| run(&format!("RELEASE {name}")))
+        }
     };
-    conn.execute_batch(&end)
-        .map_err(|e| Error::sqlite(format!("end savepoint {name}"), e))?;
+    end.map_err(|e| Error::sqlite(format!("end savepoint {name}"), e))?;
     result
 }
 
