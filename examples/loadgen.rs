@@ -58,7 +58,7 @@ const OBJECTS_PER_THREAD: u64 = 2000;
 const USAGE: &str = "\
 usage: loadgen [--bin PATH] [--connections N] [--duration SECS] [--rate EVENTS_PER_SEC]
                [--body-bytes N] [--same-second N] [--forward fast|slow|down] [--keep DIR]
-               [--server-log FILTER]
+               [--db FILE] [--server-log FILTER]
 
   --bin PATH          server binary (default: target/release/stripe-inbox; build it first)
   --connections N     client connections, one thread each (default 32)
@@ -75,6 +75,9 @@ usage: loadgen [--bin PATH] [--connections N] [--duration SECS] [--rate EVENTS_P
                       hour, nothing is sent during the run); default: no forwarding
   --keep DIR          keep the config, database and server logs in DIR (created; must not
                       exist or be empty) instead of a temporary directory that is removed
+  --db FILE           run on this database instead of a new one (for example one made by
+                      `examples/filldb`, to measure ingest as the file grows); it is written to
+                      and kept, and the row check counts the rows it held before
   --server-log FILTER RUST_LOG for the server (default warn,stripe_inbox::store::writer=info)
 ";
 
@@ -89,6 +92,7 @@ struct Args {
     same_second: u64,
     body_bytes: usize,
     keep: Option<PathBuf>,
+    db: Option<PathBuf>,
     server_log: String,
     forward: Option<ForwardMode>,
 }
@@ -113,6 +117,7 @@ fn parse_args() -> Result<Args, String> {
         same_second: 1,
         body_bytes: 2000,
         keep: None,
+        db: None,
         server_log: DEFAULT_SERVER_LOG.to_string(),
         forward: None,
     };
@@ -162,6 +167,7 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--keep" => args.keep = Some(PathBuf::from(value()?)),
+            "--db" => args.db = Some(PathBuf::from(value()?)),
             "--server-log" => args.server_log = value()?,
             "--forward" => {
                 args.forward = match value()?.as_str() {
@@ -973,7 +979,7 @@ impl Server {
              [webhook]\nlisten = {webhook}\npath = {path}\nsecrets = [{secret}]\n\
              tolerance_secs = 300\nmax_body_bytes = {max_body}\nmax_connections = {max_conns}\n\n\
              [admin]\nlisten = {admin}\n{forward}",
-            db = toml_str(&dir.file(DB_FILE).to_string_lossy()),
+            db = toml_str(&db_path(args, dir).to_string_lossy()),
             webhook = toml_str(&webhook.to_string()),
             path = toml_str(WEBHOOK_PATH),
             secret = toml_str(&secret),
@@ -1148,6 +1154,34 @@ fn parse_writer_stats(log: &str) -> Option<(String, BTreeMap<String, String>)> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     Some((rest.trim().to_string(), fields))
+}
+
+/// `--db FILE`, or a new database in the work directory.
+fn db_path(args: &Args, dir: &WorkDir) -> PathBuf {
+    args.db.clone().unwrap_or_else(|| dir.file(DB_FILE))
+}
+
+/// The database's pages in use (its file and WAL, less free pages) per stored event, and the
+/// mean raw body length.
+#[allow(clippy::disallowed_methods)]
+fn disk_per_event(db: &Path) -> Result<(f64, f64), String> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| format!("open {}: {e}", db.display()))?;
+    let query = |sql: &str| -> Result<f64, String> {
+        conn.query_row(sql, [], |r| r.get::<_, f64>(0))
+            .map_err(|e| format!("{sql}: {e}"))
+    };
+    let (rows, body) = (
+        query("SELECT count(*) FROM events")?,
+        query("SELECT total(length(body)) FROM events")?,
+    );
+    let used = (query("PRAGMA page_count")? - query("PRAGMA freelist_count")?)
+        * query("PRAGMA page_size")?;
+    if rows == 0.0 {
+        return Err("no events stored".into());
+    }
+    Ok((used / rows, body / rows))
 }
 
 #[allow(clippy::disallowed_methods)]
@@ -1387,16 +1421,20 @@ struct Report<'a> {
     peak_rss_kib: u64,
     hwm_kib: Option<u64>,
     writer_stats: Option<(String, BTreeMap<String, String>)>,
+    /// Rows in `events` before the run (`--db`), else 0.
+    rows_before: u64,
     db_rows: Result<u64, String>,
+    /// Bytes on disk per stored event and the mean raw body, on a database the run started empty.
+    disk: Result<(f64, f64), String>,
     exit: String,
     warn_lines: usize,
     forward: Option<String>,
 }
 
 impl Report<'_> {
-    /// 200 answers the database must hold: the run's plus the preflight event.
+    /// Rows the database must hold: those it had, the run's 200 answers and the preflight event.
     fn expected_rows(&self) -> u64 {
-        self.totals.ok + 1
+        self.rows_before + self.totals.ok + 1
     }
 
     fn healthy(&self) -> bool {
@@ -1498,7 +1536,7 @@ impl Report<'_> {
             ),
         );
         let field = |k: &str| -> Option<u64> { self.writer_stats.as_ref()?.1.get(k)?.parse().ok() };
-        let (commits, events) = (field("commits"), field("events"));
+        let (commits, jobs) = (field("commits"), field("jobs"));
         line(
             "writer",
             match &self.writer_stats {
@@ -1513,9 +1551,14 @@ impl Report<'_> {
             }),
         );
         line(
-            "events/commit",
-            match (commits, events) {
-                (Some(c), Some(e)) if c > 0 => format!("{:.1} (mean)", e as f64 / c as f64),
+            "jobs/commit",
+            match (commits, jobs) {
+                (Some(c), Some(j)) if c > 0 => {
+                    format!(
+                        "{:.1} (mean; a stored event is one job)",
+                        j as f64 / c as f64
+                    )
+                }
                 _ => "n/a".to_string(),
             },
         );
@@ -1537,6 +1580,16 @@ impl Report<'_> {
                 Err(e) => format!("not checked: {e}"),
             },
         );
+        line(
+            "disk per event",
+            match self.disk {
+                Ok((per_event, body)) => format!(
+                    "{per_event:.0} bytes (events, mirror, deliveries and indexes) = {:.2}x the raw body ({body:.0} bytes mean)",
+                    per_event / body
+                ),
+                Err(ref e) => e.clone(),
+            },
+        );
         line("server exit", self.exit.clone());
         line(
             "server warnings",
@@ -1555,6 +1608,12 @@ fn run(args: &Args, bin: &Path, dir: &WorkDir) -> Result<bool, String> {
     let app = match args.forward {
         Some(mode) => Some(ForwardApp::start(mode)?),
         None => None,
+    };
+    let db = db_path(args, dir);
+    let rows_before = if db.exists() {
+        count_event_rows(&db)?
+    } else {
+        0
     };
     let mut server = Server::start(bin, dir, args, app.as_ref())?;
     let ready_after = server.wait_ready()?;
@@ -1594,7 +1653,7 @@ fn run(args: &Args, bin: &Path, dir: &WorkDir) -> Result<bool, String> {
     }
     let run_ended = Instant::now();
     // A fast app: wait until it has every stored event, to see the forwarding rate.
-    if let (Some(app), Ok(rows)) = (&app, count_event_rows(&dir.file(DB_FILE))) {
+    if let (Some(app), Ok(rows)) = (&app, count_event_rows(&db)) {
         if app.mode == ForwardMode::Fast {
             let deadline = Instant::now() + Duration::from_secs(180);
             while app.received() < rows && Instant::now() < deadline {
@@ -1603,7 +1662,7 @@ fn run(args: &Args, bin: &Path, dir: &WorkDir) -> Result<bool, String> {
         }
     }
     let exit = server.stop();
-    let forward = app.map(|app| app.report(start, run_ended, &dir.file(DB_FILE)));
+    let forward = app.map(|app| app.report(start, run_ended, &db));
 
     let log = fs::read_to_string(dir.file(STDERR_FILE)).unwrap_or_default();
     let report = Report {
@@ -1615,7 +1674,13 @@ fn run(args: &Args, bin: &Path, dir: &WorkDir) -> Result<bool, String> {
         peak_rss_kib,
         hwm_kib,
         writer_stats: parse_writer_stats(&log),
-        db_rows: count_event_rows(&dir.file(DB_FILE)),
+        rows_before,
+        db_rows: count_event_rows(&db),
+        disk: if rows_before == 0 {
+            disk_per_event(&db)
+        } else {
+            Err("not measured on a database that held rows before the run".into())
+        },
         exit,
         warn_lines: log
             .lines()
