@@ -977,7 +977,8 @@ impl Server {
             "# Written by the stripe-inbox load generator.\n\
              [database]\npath = {db}\n\n\
              [webhook]\nlisten = {webhook}\npath = {path}\nsecrets = [{secret}]\n\
-             tolerance_secs = 300\nmax_body_bytes = {max_body}\nmax_connections = {max_conns}\n\n\
+             tolerance_secs = 300\nmax_body_bytes = {max_body}\nmax_connections = {max_conns}\n\
+             max_connections_per_addr = {max_conns}\n\n\
              [admin]\nlisten = {admin}\n{forward}",
             db = toml_str(&db_path(args, dir).to_string_lossy()),
             webhook = toml_str(&webhook.to_string()),
