@@ -46,7 +46,8 @@
 //! ## Code map (in reading order)
 //!
 //! Leaves, used by everything above them:
-//! - `main.rs`: `fn main() -> ExitCode` around [`cli::run`]; prints `error:` and `try:`.
+//! - `main.rs`: `fn main() -> ExitCode` around [`cli::run`]; prints `error:` and `try:`. Sets the
+//!   allocator (jemalloc without per-thread caches, so 256 connection threads stay small).
 //! - [`error`]: the one [`error::Error`] enum (a variant per case a caller tells apart) and
 //!   [`error::Result`].
 //! - [`config`]: [`config::Config`] from TOML (unknown keys are errors); secrets from env vars.
