@@ -5,9 +5,8 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use super::json_span::data_object_raw;
+use super::json_span::{data_object_raw, BodySpan};
 use super::lifecycle::Rank;
-use super::rows::BodySpan;
 use super::shape::{classify, livemode, Kind};
 
 /// Beyond this many other events about one object in one second, a tie is not compared but

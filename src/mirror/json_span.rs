@@ -1,5 +1,6 @@
 //! Just enough of a JSON scanner to find the exact text of `data.object` inside a stored event
-//! body that serde_json already accepted, so the mirror can store it without re-encoding it.
+//! body that serde_json already accepted, so the mirror can store it without re-encoding it, and
+//! [`BodySpan`], where such a text lies in a stored body (what `object_rows` refers to).
 
 /// The exact text of `data.object` inside a raw event body, without re-serialising it.
 ///
@@ -108,5 +109,25 @@ pub(super) fn skip_value(b: &[u8], start: usize) -> Option<usize> {
             }
             (i > start).then_some(i)
         }
+    }
+}
+
+/// Where a state's exact JSON text lies: bytes `start..start + len` of the body of event `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct BodySpan {
+    pub(super) seq: i64,
+    pub(super) start: usize,
+    pub(super) len: usize,
+}
+
+impl BodySpan {
+    /// The span of `text` within `body`, when `text` is a slice of it.
+    pub(super) fn of_slice(seq: i64, body: &[u8], text: &str) -> Option<BodySpan> {
+        let start = (text.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+        (start + text.len() <= body.len()).then_some(BodySpan {
+            seq,
+            start,
+            len: text.len(),
+        })
     }
 }

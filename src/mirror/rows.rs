@@ -14,29 +14,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::candidate::{candidate_from_body, Candidate, Text, MAX_TIE_EVENTS};
-use super::json_span::top_level_string;
+use super::json_span::{top_level_string, BodySpan};
 use super::lifecycle::Rank;
 use super::shape::{livemode, Input, Kind, Shape};
-
-/// Where a state's exact JSON text lies: bytes `start..start + len` of the body of event `seq`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct BodySpan {
-    pub(super) seq: i64,
-    pub(super) start: usize,
-    pub(super) len: usize,
-}
-
-impl BodySpan {
-    /// The span of `text` within `body`, when `text` is a slice of it.
-    pub(super) fn of_slice(seq: i64, body: &[u8], text: &str) -> Option<BodySpan> {
-        let start = (text.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
-        (start + text.len() <= body.len()).then_some(BodySpan {
-            seq,
-            start,
-            len: text.len(),
-        })
-    }
-}
 
 /// The stored row, as far as decisions need it. Its data is read only when a decision needs it
 /// (a tie, or an event of the stored second): most events only compare seconds.

@@ -9,8 +9,9 @@ use rusqlite::Connection;
 use serde_json::Value;
 
 use super::candidate::{Candidate, Text, MAX_TIE_EVENTS};
+use super::json_span::BodySpan;
 use super::lifecycle::{Rank, Status};
-use super::rows::{fetched_candidate, load_group, update, BodySpan, Row, Stored};
+use super::rows::{fetched_candidate, load_group, update, Row, Stored};
 use super::shape::{livemode, raw_text, Input, Kind, Shape};
 use super::{Decision, TieRule};
 
