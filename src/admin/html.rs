@@ -464,13 +464,14 @@ fn hour_label(hour: i64) -> String {
     format_utc(hour)[..16].to_string()
 }
 
-/// The smallest of 1, 2, 5 × 10^k at or above `n`.
+/// The top of the chart's y axis: four grid steps of 1, 2 or 5 × 10^k, the smallest that
+/// reaches `n`, so that every grid line's label is its exact value.
 fn nice_ceiling(n: u64) -> u64 {
     let mut base = 1u64;
     loop {
         for m in [1, 2, 5] {
-            if base * m >= n {
-                return base * m;
+            if 4 * base * m >= n {
+                return 4 * base * m;
             }
         }
         base *= 10;
@@ -581,9 +582,18 @@ mod tests {
         assert!(svg.contains("class=\"o-applied\""));
         assert!(svg.contains("50 events, 47 applied, 1 tie resolved, 2 nothing to mirror"));
         assert!(!svg.contains("style="));
-        assert_eq!(nice_ceiling(51), 100);
-        assert_eq!(nice_ceiling(3), 5);
-        assert_eq!(nice_ceiling(1), 1);
+        // Four grid steps, each label exact: 51 events fit under 80 (0, 20, 40, 60, 80).
+        assert_eq!(nice_ceiling(51), 80);
+        assert_eq!(nice_ceiling(5), 8);
+        assert_eq!(nice_ceiling(4), 4);
+        assert_eq!(nice_ceiling(1), 4);
+        assert_eq!(nice_ceiling(4001), 8000);
+        let labels: Vec<&str> = svg
+            .split("text-anchor=\"end\">")
+            .skip(1)
+            .map(|rest| &rest[..rest.find('<').unwrap()])
+            .collect();
+        assert_eq!(labels, ["0", "20", "40", "60", "80"]);
     }
 
     #[test]
