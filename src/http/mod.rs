@@ -122,6 +122,20 @@ impl Request {
     pub fn header_count(&self, name: &str) -> usize {
         header_values(&self.headers, name).count()
     }
+
+    /// The token of an `Authorization: Bearer <token>` header: the scheme in any case (RFC 9110
+    /// §11.1), the token as sent (RFC 6750's token68 has no spaces).
+    pub fn bearer(&self) -> Option<&str> {
+        bearer(self.header("authorization")?)
+    }
+}
+
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// A response. The server adds `Content-Length` and, when needed, `Connection`: any

@@ -1328,3 +1328,19 @@ fn framing_agrees_with_httparse_on_generated_heads() {
         assert_eq!(body.as_slice(), want_body, "{context}");
     }
 }
+
+#[test]
+fn bearer_scheme_in_any_case() {
+    for (value, token) in [
+        ("Bearer abc", Some("abc")),
+        ("bearer abc", Some("abc")),
+        ("BEARER  abc ", Some("abc")),
+        ("BeArEr\tabc", Some("abc")),
+        ("Basic abc", None),
+        ("Bearer", None),
+        ("Bearer ", None),
+        ("Bearerabc", None),
+    ] {
+        assert_eq!(bearer(value), token, "{value:?}");
+    }
+}

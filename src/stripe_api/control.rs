@@ -12,7 +12,7 @@
 //!   the same kind of work already runs; 503 when the server has no API key), and
 //!   `GET /control/jobs/N` answers its [`JobView`]: progress bars, then the [`Report`] or the
 //!   error. The CLI polls every 200 ms.
-//! - Every request needs `Authorization: Bearer <token>` (compared in constant time) and must come
+//! - Every request needs `Authorization: Bearer <token>` (the scheme in any case, the token compared in constant time) and must come
 //!   from a loopback address (the peer, and the client a trusted proxy names); anything else is
 //!   401/403 and does nothing. The routes take no cookie,
 //!   so the admin's CSRF rules do not apply to them.
@@ -210,10 +210,7 @@ impl Control {
                     .with_log("control=refused_remote"),
             );
         }
-        let token = req
-            .header("Authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let token = req.bearer().unwrap_or("");
         if !crypto::ct_eq(token.as_bytes(), self.token.as_bytes()) {
             return Some(
                 Response::json_error(401, "the control token is missing or wrong")
