@@ -12,9 +12,9 @@
 //!   the same kind of work already runs; 503 when the server has no API key), and
 //!   `GET /control/jobs/N` answers its [`JobView`]: progress bars, then the [`Report`] or the
 //!   error. The CLI polls every 200 ms.
-//! - Every request needs `Authorization: Bearer <token>` (the scheme in any case, the token compared in constant time) and must come
-//!   from a loopback address (the peer, and the client a trusted proxy names); anything else is
-//!   401/403 and does nothing. The routes take no cookie,
+//! - Every request needs `Authorization: Bearer <token>` (the scheme in any case, the token
+//!   compared in constant time) and must come from a loopback address (the peer, and the client
+//!   a trusted proxy names); anything else is 401/403 and does nothing. The routes take no cookie,
 //!   so the admin's CSRF rules do not apply to them.
 //!
 //! # In the CLI
