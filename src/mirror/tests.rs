@@ -1203,3 +1203,78 @@ fn schema_step_4_keeps_the_mirror_and_stops_deleting_canceled_subscriptions() {
         .unwrap();
     assert_eq!(legacy, 0, "the step turns legacy_alter_table off again");
 }
+
+/// The customer and email columns (and their indexes) follow the state on every update, whether
+/// it changes them or keeps them (an update that keeps them does not assign them).
+#[test]
+fn customer_and_email_columns_follow_each_update() {
+    let conn = conn();
+    let events = [
+        (
+            "customer.created",
+            100,
+            r#"{"id":"cus_1","object":"customer","email":"A@X.test"}"#,
+        ),
+        (
+            "customer.updated",
+            101,
+            r#"{"id":"cus_1","object":"customer","email":"b@x.test"}"#,
+        ),
+        (
+            "customer.updated",
+            102,
+            r#"{"id":"cus_1","object":"customer","email":"b@x.test","name":"B"}"#,
+        ),
+        (
+            "customer.subscription.created",
+            100,
+            r#"{"id":"sub_1","object":"subscription","customer":"cus_1"}"#,
+        ),
+        (
+            "customer.subscription.updated",
+            101,
+            r#"{"id":"sub_1","object":"subscription","customer":"cus_2"}"#,
+        ),
+        (
+            "customer.subscription.updated",
+            102,
+            r#"{"id":"sub_1","object":"subscription","customer":"cus_2","status":"active"}"#,
+        ),
+        (
+            "customer.updated",
+            103,
+            r#"{"id":"cus_1","object":"customer","email":null,"name":"B"}"#,
+        ),
+    ];
+    let q = |sql: &str| -> Vec<String> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    for (n, (event_type, created, object)) in (1i64..).zip(events) {
+        let id = format!("evt_{n}");
+        let body = streams::event_body(&id, event_type, created, object, None);
+        let event = StreamEvent::new(id, event_type, created, body);
+        streams::deliver(&conn, &event, n * 1000).unwrap().unwrap();
+        if n == 6 {
+            // Both indexes answer with the newest values only.
+            assert_eq!(
+                q("SELECT id FROM object_rows WHERE email = 'b@x.test'"),
+                ["cus_1"]
+            );
+            assert!(q("SELECT id FROM object_rows WHERE email = 'a@x.test'").is_empty());
+            assert_eq!(
+                q("SELECT id FROM object_rows WHERE customer = 'cus_2'"),
+                ["sub_1"]
+            );
+            assert!(q("SELECT id FROM object_rows WHERE customer = 'cus_1'").is_empty());
+        }
+    }
+    assert!(q("SELECT id FROM object_rows WHERE email IS NOT NULL").is_empty());
+    assert_eq!(
+        q("SELECT id || ' ' || ifnull(customer, '-') || ' ' || ifnull(email, '-') FROM object_rows ORDER BY id"),
+        ["cus_1 - -", "sub_1 cus_2 -"]
+    );
+    let integrity = q("PRAGMA integrity_check");
+    assert_eq!(integrity, ["ok"]);
+}
