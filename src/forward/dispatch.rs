@@ -29,6 +29,7 @@ use crate::config::forward::Forward;
 use crate::crypto;
 use crate::error::{Error, Result};
 use crate::forward::lease::{claim, finish, Claimed, Outcome};
+use crate::forward::queue::retire_unconfigured;
 use crate::forward::route::{Route, Routes};
 use crate::forward::schedule::{
     class_of_status, parse_retry_after, Change, Class, Health, Policy, FAILS_TO_PAUSE,
@@ -125,6 +126,16 @@ impl Forwarder {
         writer: WriterHandle,
         database: &Path,
     ) -> Result<Forwarder> {
+        let configured: Vec<String> = destinations.iter().map(|d| d.config.name.clone()).collect();
+        let retired = writer.run(move |conn| retire_unconfigured(conn, &configured, now_ms()))?;
+        for (destination, n) in retired {
+            log::warn!(
+                "forward destination={destination}: {n} deliveries were waiting for it and it is \
+                 no longer in the config; marked dead (to send them there, put its [[forward]] \
+                 block back and retry the dead ones on the admin's Deliveries page; an event's \
+                 page can send it to another destination)"
+            );
+        }
         let process = crypto::to_hex(&crypto::random_bytes::<6>()?);
         let mut forwarder = Forwarder {
             routes: routes.clone(),

@@ -11,7 +11,8 @@
 //!   ([`Routes`]: names, patterns, `stale`, settle delay, counters, the dispatcher's alarm).
 //! - [`queue`]: the rows as a queue: made in the transaction that stores the event (called from
 //!   `ingest::store::store_event` through its `Effects`), lanes and their order (the mirror's own
-//!   order within a second), heads, redeliver.
+//!   order within a second), heads, redeliver, and at start the rows of destinations gone from
+//!   the config marked dead.
 //! - [`schedule`]: what an answer means (outcome classes) and when the next attempt goes
 //!   (exponential backoff with full jitter, `Retry-After`, `retry_for`). Pure.
 //! - [`lease`]: claims and outcomes, as writer closures.

@@ -225,6 +225,45 @@ pub fn relead(conn: &Connection, destination: &str, lane: &str) -> Result<()> {
     Ok(())
 }
 
+/// Why a delivery whose destination left the config is dead (shown on the admin page).
+pub const NOT_CONFIGURED: &str = "destination no longer in the config";
+
+/// Deliveries waiting for (or under way to) a destination that is not in `configured` any more
+/// are never sent: marks them `dead`, so that they show as such, a redeliver can send them to a
+/// destination that is configured, and putting the block back and retrying brings them back.
+/// Returns how many per destination.
+pub fn retire_unconfigured(
+    conn: &Connection,
+    configured: &[String],
+    now_ms: i64,
+) -> Result<Vec<(String, i64)>> {
+    let sql = |e| Error::sqlite("retire deliveries of removed destinations", e);
+    let configured = serde_json::to_string(configured).expect("a list of strings is JSON");
+    let not_configured = "destination NOT IN (SELECT value FROM json_each(?1))";
+    let counts: Vec<(String, i64)> = conn
+        .prepare(&format!(
+            "SELECT destination, count(*) FROM deliveries
+             WHERE {ACTIVE} AND {not_configured} GROUP BY destination ORDER BY destination"
+        ))
+        .and_then(|mut s| {
+            s.query_map([&configured], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .map_err(sql)?;
+    if !counts.is_empty() {
+        conn.execute(
+            &format!(
+                "UPDATE deliveries SET state = 'dead', head = 0, next_attempt_at = ?2,
+                     last_error = ?3, lease_owner = NULL, lease_expires_at = NULL
+                 WHERE {ACTIVE} AND {not_configured}"
+            ),
+            params![configured, now_ms, NOT_CONFIGURED],
+        )
+        .map_err(sql)?;
+    }
+    Ok(counts)
+}
+
 /// What a redeliver did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Redelivered {
@@ -468,6 +507,53 @@ pub(crate) mod tests {
             .filter(|r| r.2)
             .map(|r| r.0)
             .collect()
+    }
+
+    #[test]
+    fn rows_of_a_destination_gone_from_the_config_are_dead_and_can_come_back() {
+        let conn = store::open_memory().unwrap();
+        let routes = routes(&["app", "old"], 0);
+        add(&conn, &routes, "evt_1", Some("cus_1"), 100, 1_000);
+        add(&conn, &routes, "evt_2", Some("cus_1"), 101, 1_000);
+        conn.execute(
+            "UPDATE deliveries SET state = 'done', head = 0 WHERE event_id = 'evt_1' AND destination = 'old'",
+            [],
+        )
+        .unwrap();
+        relead(&conn, "old", "cus_1").unwrap();
+
+        let retired = retire_unconfigured(&conn, &["app".to_string()], 5_000).unwrap();
+        assert_eq!(retired, [("old".to_string(), 1)]);
+        let dead = |id: &str| ("evt_".to_string() + id, "dead".to_string(), false);
+        let done = ("evt_1".to_string(), "done".to_string(), false);
+        assert_eq!(rows(&conn, "old"), [done.clone(), dead("2")]);
+        let error: String = conn
+            .query_row(
+                "SELECT last_error FROM deliveries WHERE destination = 'old' AND state = 'dead'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(error, NOT_CONFIGURED);
+        // The configured destination is untouched, and a second start finds nothing to do.
+        assert_eq!(
+            rows(&conn, "app")
+                .iter()
+                .filter(|r| r.1 == "pending")
+                .count(),
+            2
+        );
+        assert!(retire_unconfigured(&conn, &["app".to_string()], 6_000)
+            .unwrap()
+            .is_empty());
+        // With no destination configured at all, every waiting row is retired.
+        assert_eq!(
+            retire_unconfigured(&conn, &[], 7_000).unwrap(),
+            [("app".to_string(), 2)]
+        );
+        // The block is back: a retry of the dead rows sends them there again.
+        redeliver_dead(&conn, Some("old"), 100, 8_000).unwrap();
+        assert_eq!(rows(&conn, "old")[1].1, "pending");
     }
 
     #[test]
