@@ -326,3 +326,75 @@ fn check_warns_about_a_database_on_tmpfs_and_about_no_backups() {
         "a backup just ran: {printed}"
     );
 }
+
+/// `check` shows each `[[forward]]` destination: a missing signing secret is a problem (exit 1),
+/// and dead deliveries or deliveries left for a destination the config no longer has are warned
+/// about (exit 0).
+#[test]
+fn check_shows_forward_destinations_and_their_deliveries() {
+    let dir = TempDir::new("check-forward");
+    let config = dir.path().join("config.toml");
+    let forward = |secret: &str| {
+        format!("\n[[forward]]\nname = \"app\"\nurl = \"http://127.0.0.1:9/hook\"\n{secret}\n")
+    };
+    std::fs::write(
+        &config,
+        config_text(
+            dir.path(),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            &forward("secret_env = \"STRIPE_INBOX_IT_UNSET_FORWARD_SECRET\""),
+        ),
+    )
+    .unwrap();
+    let out = run(&["check"], Some(&config));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no signing secret")
+            && stderr(&out).contains("STRIPE_INBOX_IT_UNSET_FORWARD_SECRET"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::write(
+        &config,
+        config_text(
+            dir.path(),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            &forward("secret = \"whsec_app\""),
+        ),
+    )
+    .unwrap();
+    let out = run(&["check"], Some(&config));
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{printed}{}", stderr(&out));
+    assert!(
+        printed.contains(
+            "forward \"app\": http://127.0.0.1:9/hook for *; signing secret set (in the file)"
+        ) && printed.contains("forwarding to \"app\": 0 pending, 0 in flight, 0 dead"),
+        "{printed}"
+    );
+    assert!(!printed.contains("dead deliveries"), "{printed}");
+
+    // One dead delivery to "app", one waiting for "old", which no block names.
+    let conn = store::open_writer(&dir.path().join("inbox.db")).unwrap();
+    conn.execute_batch(
+        "INSERT INTO deliveries (event_id, destination, lane, k_created, k_seq, state, created_at,
+                                 retry_from, next_attempt_at)
+         VALUES ('evt_1', 'app', 'cus_1', 1, 1, 'dead', 1, 1, 1),
+                ('evt_1', 'old', 'cus_1', 1, 1, 'pending', 1, 1, 1);",
+    )
+    .unwrap();
+    drop(conn);
+    let out = run(&["check"], Some(&config));
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "warnings only: {printed}");
+    assert!(
+        printed.contains("warning: 1 dead deliveries to \"app\"")
+            && printed.contains("forwarding to \"old\": 1 pending, 0 in flight, 0 dead")
+            && printed.contains("(no longer in the config)")
+            && printed.contains("warning: 1 deliveries wait for \"old\""),
+        "{printed}"
+    );
+}

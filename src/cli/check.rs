@@ -2,6 +2,7 @@
 
 use super::options;
 use crate::error::{Error, Result};
+use crate::forward::views;
 use crate::mirror::{queries, replay};
 use crate::ops::audit;
 use crate::store::{self, Lock};
@@ -13,9 +14,11 @@ usage: stripe-inbox check [--config PATH]
 Validates the config (keys, addresses, that a signing secret is set, without printing it), then
 opens the database, applies pending migrations, runs PRAGMA integrity_check and prints what it
 found. While a server holds the database it checks read-only and migrates nothing.
-Exits 1 when anything is wrong. Also warns (without failing) about what is unsafe in production:
-a public admin without cookie_secure, a database on tmpfs, a public webhook at the default path,
-no backups (no Litestream, no `backup` in two days).
+Also shows each [[forward]] destination (a missing signing secret is a problem) and its
+deliveries. Exits 1 when anything is wrong. Also warns (without failing) about what is unsafe in
+production: a public admin without cookie_secure, a database on tmpfs, a public webhook at the
+default path, no backups (no Litestream, no `backup` in two days); and about dead deliveries and
+deliveries waiting for a destination the config no longer has.
 ";
 
 pub fn run(parser: lexopt::Parser) -> Result<()> {
@@ -59,6 +62,22 @@ pub fn run(parser: lexopt::Parser) -> Result<()> {
             println!("  signing secrets: none");
             problems.push(e.to_string());
         }
+    }
+    for f in &config.forward {
+        let secret = match (&f.secret, f.signing_secret(&opts.config)) {
+            (_, Err(e)) => {
+                problems.push(e.to_string());
+                "none".to_string()
+            }
+            (Some(_), Ok(_)) => "set (in the file)".to_string(),
+            (None, Ok(_)) => format!("set (from ${})", f.secret_env),
+        };
+        println!(
+            "  forward {:?}: {} for {}; signing secret {secret}",
+            f.name,
+            f.url,
+            f.events.join(", ")
+        );
     }
 
     // The database: migrated and compared with a rebuild when we may write, else read-only.
@@ -152,8 +171,49 @@ pub fn run(parser: lexopt::Parser) -> Result<()> {
         }
         None => println!("  mirror: not compared with a rebuild while a server holds the database"),
     }
-    // Production hazards: reported, but not problems.
-    for warning in audit::warnings(&config) {
+    let configured: Vec<&str> = config.forward.iter().map(|f| f.name.as_str()).collect();
+    let mut warnings = audit::warnings(&config);
+    for c in views::counts(&conn, &configured)? {
+        let oldest = c.oldest_waiting_ms.map_or(String::new(), |ms| {
+            format!(
+                ", the oldest waiting {}",
+                format::age((time::now_ms() - ms) / 1000)
+            )
+        });
+        let gone = !configured.contains(&c.destination.as_str());
+        println!(
+            "  forwarding to {:?}: {} pending, {} in flight, {} dead{oldest}{}",
+            c.destination,
+            c.pending,
+            c.in_flight,
+            c.dead,
+            if gone {
+                " (no longer in the config)"
+            } else {
+                ""
+            }
+        );
+        if gone && c.pending + c.in_flight > 0 {
+            warnings.push(format!(
+                "{} deliveries wait for {:?}, which the config no longer has: serve marks them dead at start",
+                c.pending + c.in_flight,
+                c.destination
+            ));
+        }
+        if c.dead > 0 && gone {
+            warnings.push(format!(
+                "{} dead deliveries to {:?}, which the config no longer has: put its [[forward]] block back to retry them there",
+                c.dead, c.destination
+            ));
+        } else if c.dead > 0 {
+            warnings.push(format!(
+                "{} dead deliveries to {:?}: see them with `stripe-inbox deliveries --state dead --destination {}` or on the admin's Deliveries page, which can retry them",
+                c.dead, c.destination, c.destination
+            ));
+        }
+    }
+    // Production hazards and deliveries that need a look: reported, but not problems.
+    for warning in warnings {
         println!("warning: {warning}");
     }
     if problems.is_empty() {
