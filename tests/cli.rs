@@ -334,19 +334,14 @@ fn check_warns_about_a_database_on_tmpfs_and_about_no_backups() {
 fn check_shows_forward_destinations_and_their_deliveries() {
     let dir = TempDir::new("check-forward");
     let config = dir.path().join("config.toml");
-    let forward = |secret: &str| {
-        format!("\n[[forward]]\nname = \"app\"\nurl = \"http://127.0.0.1:9/hook\"\n{secret}\n")
+    // One [[forward]] block "app", its secret given by `secret`.
+    let write_config = |secret: &str| {
+        let forward =
+            format!("\n[[forward]]\nname = \"app\"\nurl = \"http://127.0.0.1:9/hook\"\n{secret}\n");
+        let text = config_text(dir.path(), "127.0.0.1:0", "127.0.0.1:0", &forward);
+        std::fs::write(&config, text).unwrap();
     };
-    std::fs::write(
-        &config,
-        config_text(
-            dir.path(),
-            "127.0.0.1:0",
-            "127.0.0.1:0",
-            &forward("secret_env = \"STRIPE_INBOX_IT_UNSET_FORWARD_SECRET\""),
-        ),
-    )
-    .unwrap();
+    write_config("secret_env = \"STRIPE_INBOX_IT_UNSET_FORWARD_SECRET\"");
     let out = run(&["check"], Some(&config));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
@@ -356,16 +351,7 @@ fn check_shows_forward_destinations_and_their_deliveries() {
         stderr(&out)
     );
 
-    std::fs::write(
-        &config,
-        config_text(
-            dir.path(),
-            "127.0.0.1:0",
-            "127.0.0.1:0",
-            &forward("secret = \"whsec_app\""),
-        ),
-    )
-    .unwrap();
+    write_config("secret = \"whsec_app\"");
     let out = run(&["check"], Some(&config));
     let printed = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(out.status.code(), Some(0), "{printed}{}", stderr(&out));
