@@ -8,9 +8,11 @@ pub mod security;
 pub mod stripe_stub;
 pub mod tools;
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use stripe_inbox::config::Config;
@@ -56,10 +58,18 @@ pub fn set_admin_password_env() {
     ONCE.call_once(|| std::env::set_var(ADMIN_PASSWORD_ENV, ADMIN_PASSWORD));
 }
 
-/// A free loopback port (bound, read, released).
+/// A free loopback port (bound, read, released), never the same twice in one test process: a
+/// port just released may come back from the next bind, and a test that asks for a webhook and
+/// an admin port once got the same one for both ("Address already in use" at start).
 pub fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        if GIVEN.lock().unwrap().insert(addr.port()) {
+            return addr.to_string();
+        }
+    }
 }
 
 /// The service running in this process.
