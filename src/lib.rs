@@ -15,9 +15,11 @@
 //!                      1. route + method
 //!                      2. event::signature::verify (every v1 × every secret, constant time)
 //!                      3. event::envelope::parse  (id, type, created, account, object, ...)
-//!                      4. WriterHandle::run(store_event) ──▶ the writer thread (the ONE
-//!                                                   read-write connection): group commit, one
-//!                                                   transaction, a savepoint per closure;
+//!                      4. WriterHandle::run_retryable(store_event_with) ──▶ the writer
+//!                                                   thread (the ONE read-write connection):
+//!                                                   group commit, one transaction; retryable
+//!                                                   closures unguarded (rerun guarded if one
+//!                                                   fails), a savepoint per other closure;
 //!                                                   ingest::store::store_event counts a duplicate
 //!                                                   or projects (mirror::apply), inserts, and
 //!                                                   queues a `deliveries` row per [[forward]]
@@ -67,7 +69,8 @@
 //! - [`store`]: opening connections ([`store::open`], the only module allowed to), migrations from
 //!   `schema.sql` ([`store::migrate`](mod@store::migrate)), the `<db>.lock` ([`store::lock`]), the
 //!   [`store::Checkpointer`], and the writer thread ([`store::writer`]): group commit and
-//!   [`store::writer::WriterHandle::run`], which returns a closure's value after COMMIT.
+//!   [`store::writer::WriterHandle::run`], which returns a closure's value after COMMIT
+//!   (`run_retryable` for a closure that may run twice, which spares its savepoint).
 //!
 //! The mirror:
 //! - [`mirror`]: the projection rules (its module doc is the spec): [`mirror::apply`] for one

@@ -410,6 +410,14 @@ fn a_failing_projection_still_stores_the_event() {
         )
         .unwrap();
     assert_eq!(decision, "projection_failed");
+    assert_eq!(
+        writer
+            .stats()
+            .reruns
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the unguarded run failed, and the guarded rerun stored it"
+    );
     let objects: i64 = conn
         .query_row("SELECT COUNT(*) FROM objects", [], |r| r.get(0))
         .unwrap();

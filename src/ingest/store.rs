@@ -7,8 +7,11 @@
 //! destination that wants it (`Effects::forward`). A projection that fails
 //! (a bug, a body the rules choke on) is rolled back alone, and the event is stored anyway with
 //! decision `projection_failed`: the event is the ground truth and must never be lost for the
-//! mirror's sake. `retention` re-inserts pruned rows with a statement of its own, because it moves
-//! whole existing rows (rowid included) rather than storing new events.
+//! mirror's sake. The webhook runs it [`Guard::Unguarded`] first ([`store_event_with`]): then a
+//! failing projection fails the call, the writer rolls the batch back and runs it again guarded,
+//! and the rule above applies; what is committed is the same either way. `retention` re-inserts
+//! pruned rows with a statement of its own, because it moves whole existing rows (rowid included)
+//! rather than storing new events.
 
 use std::sync::Arc;
 
@@ -20,7 +23,7 @@ use crate::forward::queue::{enqueue, NewEvent};
 use crate::forward::Routes;
 use crate::mirror::fetched::{request_refetch, Reason, RefetchRequest};
 use crate::mirror::{self, Decision, TieRule};
-use crate::store::writer::nested;
+use crate::store::writer::{nested, Guard};
 
 /// Where an event came from (stored in `events.source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +83,19 @@ pub enum Outcome {
 /// Stores one event on `conn`, which must be inside a transaction (a writer closure, or a bulk
 /// fill holding the database lock). See the module doc for what it does.
 pub fn store_event(conn: &Connection, event: &Ingest, effects: &Effects) -> Result<Outcome> {
+    store_event_with(conn, event, effects, Guard::Guarded)
+}
+
+/// [`store_event`] as a [`WriterHandle::run_retryable`](crate::store::writer::WriterHandle::run_retryable)
+/// closure runs it: [`Guard::Unguarded`] applies the mirror without the savepoint that would keep
+/// a failing projection's writes apart, and fails instead (the writer then rolls back and runs it
+/// again guarded, which stores the event with decision `projection_failed`).
+pub fn store_event_with(
+    conn: &Connection,
+    event: &Ingest,
+    effects: &Effects,
+    guard: Guard,
+) -> Result<Outcome> {
     let env = &event.envelope;
 
     // A known id is a repeated delivery: count it, change nothing else.
@@ -104,10 +120,15 @@ pub fn store_event(conn: &Connection, event: &Ingest, effects: &Effects) -> Resu
         .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)))
         .map_err(|e| Error::sqlite("read next event sequence", e))?;
     let input = mirror::input(env, &event.body, seq);
-    let decision = match nested(conn, "project", || {
+    let project = || {
         mirror::apply(conn, &input, event.received_at_ms)
             .map_err(|e| Error::sqlite(format!("project event {}", env.id), e))
-    }) {
+    };
+    let projected = match guard {
+        Guard::Unguarded => Ok(project()?),
+        Guard::Guarded => nested(conn, "project", project),
+    };
+    let decision = match projected {
         Ok(decision) => decision,
         Err(e) => {
             log::error!(

@@ -11,7 +11,15 @@
 //!
 //! A closure that fails has its savepoint rolled back and fails alone; a failed COMMIT fails the
 //! whole batch and every waiter hears [`Error::Unavailable`] (the webhook turns that into 503, so
-//! Stripe retries). The queue is bounded: when it is full, callers get [`Error::Busy`] at once
+//! Stripe retries).
+//!
+//! A savepoint is not free: SQLite copies every page a closure first touches inside one (a dozen
+//! 4 KiB pages for a stored event, one per B-tree) so that it could roll back. Closures that can
+//! run twice ([`WriterHandle::run_retryable`], what the webhook uses) therefore run first without
+//! one, straight in the transaction, [`Guard::Unguarded`]. When none fails, that is all. When one
+//! fails, the writer rolls the transaction back, begins again, and runs every one of them again,
+//! each in its own savepoint, [`Guard::Guarded`], exactly as [`WriterHandle::run`] would have: the
+//! outcome is the same, only the failure costs twice. The queue is bounded: when it is full, callers get [`Error::Busy`] at once
 //! rather than piling up threads.
 //!
 //! The writer knows nothing of events or objects: what a closure does is its own business.
@@ -60,6 +68,8 @@ pub struct Stats {
     pub commit_micros_max: AtomicU64,
     /// COMMITs that took over 5 ms (a slow disk, or a checkpoint inside the commit).
     pub slow_commits: AtomicU64,
+    /// Batches rolled back and run again guarded, because an unguarded closure failed.
+    pub reruns: AtomicU64,
     /// How long each COMMIT took, in microseconds (for `/metrics`).
     pub commit_latency: Histogram<12>,
     /// Closures per committed transaction (for `/metrics`).
@@ -77,6 +87,7 @@ impl Default for Stats {
             commit_micros: AtomicU64::new(0),
             commit_micros_max: AtomicU64::new(0),
             slow_commits: AtomicU64::new(0),
+            reruns: AtomicU64::new(0),
             commit_latency: Histogram::new(COMMIT_MICROS_BOUNDS),
             batch_size: Histogram::new(BATCH_BOUNDS),
         }
@@ -97,8 +108,24 @@ type Deliver = Box<dyn FnOnce(Result<()>) + Send>;
 /// to hand its result over once the batch's fate is known.
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Deliver) + Send>;
 
+/// A closure that may run twice: unguarded first, then guarded if the batch has to run again.
+type Retryable = Box<dyn FnMut(&Connection, Guard) -> (bool, Deliver) + Send>;
+
+/// How a [`WriterHandle::run_retryable`] closure is being run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Straight in the batch's transaction, with no savepoint of its own. If it fails, nothing
+    /// it wrote stays (the writer rolls the whole transaction back) and it runs again, guarded. It
+    /// may therefore fail rather than handle a failure it would handle guarded.
+    Unguarded,
+    /// In a savepoint of its own, as [`WriterHandle::run`] runs a closure: a failure rolls back
+    /// its savepoint and is its waiter's answer.
+    Guarded,
+}
+
 enum Msg {
     Job(Job),
+    Retryable(Retryable),
     Stop,
 }
 
@@ -151,7 +178,7 @@ impl Writer {
         let s = &self.handle.stats;
         log::info!(
             "writer stats: commits={} jobs={} failed={} max_batch={} commit_ms_total={} \
-             commit_ms_max={:.1} slow_commits={}",
+             commit_ms_max={:.1} slow_commits={} reruns={}",
             s.commits.load(Ordering::Relaxed),
             s.jobs.load(Ordering::Relaxed),
             s.failed.load(Ordering::Relaxed),
@@ -159,6 +186,7 @@ impl Writer {
             s.commit_micros.load(Ordering::Relaxed) / 1000,
             s.commit_micros_max.load(Ordering::Relaxed) as f64 / 1000.0,
             s.slow_commits.load(Ordering::Relaxed),
+            s.reruns.load(Ordering::Relaxed),
         );
     }
 }
@@ -185,6 +213,31 @@ impl WriterHandle {
             (ok, deliver)
         });
         self.send(Msg::Job(job))?;
+        answer
+            .recv()
+            .map_err(|_| Error::Unavailable("writer stopped before answering".into()))?
+    }
+
+    /// Like [`run`](Self::run), for a closure that can run twice and touches nothing outside
+    /// `conn`: the writer runs it [`Guard::Unguarded`] first, which spares the savepoint, and
+    /// runs it again [`Guard::Guarded`] (after rolling back the whole batch) if it or another
+    /// unguarded closure of its batch fails. Its waiter hears only the result that was committed.
+    pub fn run_retryable<T, F>(&self, mut f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection, Guard) -> Result<T> + Send + 'static,
+    {
+        let (reply, answer) = mpsc::sync_channel::<Result<T>>(1);
+        let job: Retryable = Box::new(move |conn, guard| {
+            let result = f(conn, guard);
+            let ok = result.is_ok();
+            let reply = reply.clone();
+            let deliver: Deliver = Box::new(move |committed| {
+                let _ = reply.send(committed.and(result));
+            });
+            (ok, deliver)
+        });
+        self.send(Msg::Retryable(job))?;
         answer
             .recv()
             .map_err(|_| Error::Unavailable("writer stopped before answering".into()))?
@@ -218,14 +271,17 @@ struct State {
 
 impl State {
     fn run(&mut self, rx: Receiver<Msg>) {
-        let mut batch = Vec::with_capacity(self.max_batch);
+        let mut batch = Batch {
+            jobs: Vec::with_capacity(self.max_batch),
+            retryables: Vec::with_capacity(self.max_batch),
+        };
         let mut stop = false;
         let mut last_commit = Instant::now() - BUSY_WINDOW;
         while !stop {
             // Wait for the first message, then take whatever else is already queued.
             match rx.recv() {
-                Ok(Msg::Job(job)) => batch.push(job),
                 Ok(Msg::Stop) | Err(_) => break,
+                Ok(msg) => batch.push(msg),
             }
             // Under load (the last commit was moments ago), wait a little for company: every
             // commit writes each page it touched in full, so work that shares a commit shares
@@ -244,11 +300,11 @@ impl State {
                     rx.recv_timeout(left).ok()
                 };
                 match next {
-                    Some(Msg::Job(job)) => batch.push(job),
                     Some(Msg::Stop) => {
                         stop = true;
                         break;
                     }
+                    Some(msg) => batch.push(msg),
                     None => break,
                 }
             }
@@ -258,19 +314,25 @@ impl State {
         }
     }
 
-    /// Runs every job of the batch in one transaction, commits, and delivers every result.
-    fn commit_batch(&mut self, batch: &mut Vec<Job>) {
-        let count = batch.len() as u64;
-        let mut delivers = Vec::with_capacity(batch.len());
+    /// Runs every closure of the batch in one transaction, commits, and delivers every result.
+    fn commit_batch(&mut self, batch: &mut Batch) {
+        let count = batch.len();
+        let mut delivers = Vec::with_capacity(count);
         let committed = self.apply_batch(batch, &mut delivers);
-        // If the transaction could not even begin, the jobs never ran: their waiters fail.
-        for _ in batch.drain(..) {
+        // Closures that never ran (the transaction could not even begin): their waiters fail.
+        for _ in delivers.len()..count {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
         }
+        // Dropped here, before any waiter hears its result: what a closure holds is freed on
+        // this thread now, and what it handed back is freed by its waiter.
+        batch.jobs.clear();
+        batch.retryables.clear();
         match &committed {
             Ok(()) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                self.stats.max_batch.fetch_max(count, Ordering::Relaxed);
+                self.stats
+                    .max_batch
+                    .fetch_max(count as u64, Ordering::Relaxed);
             }
             Err(e) => {
                 log::error!(
@@ -295,17 +357,37 @@ impl State {
         }
     }
 
-    /// Runs every job in its own savepoint of one transaction and commits.
+    /// Runs the batch in one transaction and commits: the retryable closures first, unguarded
+    /// (and all of them again, guarded, in a new transaction if one fails), then every other
+    /// closure in its own savepoint.
     fn apply_batch(
         &mut self,
-        batch: &mut Vec<Job>,
+        batch: &mut Batch,
         delivers: &mut Vec<(bool, Deliver)>,
     ) -> Result<()> {
-        let mut tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| Error::sqlite("begin write transaction", e))?;
-        for job in batch.drain(..) {
+        let mut tx = begin(&mut self.conn)?;
+        let mut unguarded = Vec::with_capacity(batch.retryables.len());
+        for job in batch.retryables.iter_mut() {
+            let (ok, deliver) = job(&tx, Guard::Unguarded);
+            if !ok {
+                break;
+            }
+            unguarded.push((ok, deliver));
+        }
+        if unguarded.len() == batch.retryables.len() {
+            delivers.append(&mut unguarded);
+        } else {
+            // Those results are never delivered: the batch runs again from its start.
+            drop(unguarded);
+            self.stats.reruns.fetch_add(1, Ordering::Relaxed);
+            tx.finish()
+                .map_err(|e| Error::sqlite("roll back for a guarded rerun", e))?;
+            tx = begin(&mut self.conn)?;
+            for job in batch.retryables.iter_mut() {
+                delivers.push(in_savepoint(&mut tx, |conn| job(conn, Guard::Guarded))?);
+            }
+        }
+        for job in batch.jobs.drain(..) {
             delivers.push(in_savepoint(&mut tx, job)?);
         }
         let started = Instant::now();
@@ -326,9 +408,37 @@ impl State {
     }
 }
 
+fn begin(conn: &mut Connection) -> Result<Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| Error::sqlite("begin write transaction", e))
+}
+
+/// The closures one transaction runs.
+struct Batch {
+    jobs: Vec<Job>,
+    retryables: Vec<Retryable>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.jobs.len() + self.retryables.len()
+    }
+
+    fn push(&mut self, msg: Msg) {
+        match msg {
+            Msg::Job(job) => self.jobs.push(job),
+            Msg::Retryable(job) => self.retryables.push(job),
+            Msg::Stop => {}
+        }
+    }
+}
+
 /// Runs `job` in a savepoint of `tx`: its writes stay if it succeeds and vanish if it fails.
 /// Fails only when the savepoint itself cannot be made or released (then the batch fails).
-fn in_savepoint(tx: &mut Transaction, job: Job) -> Result<(bool, Deliver)> {
+fn in_savepoint(
+    tx: &mut Transaction,
+    job: impl FnOnce(&Connection) -> (bool, Deliver),
+) -> Result<(bool, Deliver)> {
     let sp = tx.savepoint().map_err(|e| Error::sqlite("savepoint", e))?;
     let (ok, deliver) = job(&sp);
     if ok {
@@ -415,6 +525,132 @@ mod tests {
             "rolled back"
         );
         assert_eq!(handle.stats().failed.load(Ordering::Relaxed), 1);
+        writer.stop();
+    }
+
+    /// Queues `n` retryable inserts of 1..=n into `t` while the writer is held, so that all of
+    /// them share one batch; `fail` is the value whose closure fails while unguarded (or always).
+    /// Returns each closure's answer and how each was run.
+    fn one_batch_of_retryables(
+        handle: &WriterHandle,
+        n: i64,
+        fail: Option<(i64, bool)>,
+    ) -> (Vec<Result<i64>>, Vec<Vec<Guard>>) {
+        let (hold, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let h = handle.clone();
+        let holder = std::thread::spawn(move || {
+            h.run(move |_| {
+                started.send(()).unwrap();
+                held.recv().unwrap();
+                Ok(())
+            })
+        });
+        running.recv().unwrap();
+        let runs: Vec<Arc<std::sync::Mutex<Vec<Guard>>>> = (0..n).map(|_| Arc::default()).collect();
+        let waiters: Vec<_> = (1..=n)
+            .map(|x| {
+                let h = handle.clone();
+                let seen = runs[(x - 1) as usize].clone();
+                let waiter = std::thread::spawn(move || {
+                    h.run_retryable(move |conn, guard| {
+                        seen.lock().unwrap().push(guard);
+                        conn.execute("INSERT INTO t VALUES (?1)", [x])
+                            .map_err(|e| Error::sqlite("insert", e))?;
+                        match fail {
+                            Some((v, always))
+                                if v == x && (always || guard == Guard::Unguarded) =>
+                            {
+                                Err(Error::Unavailable("on purpose".into()))
+                            }
+                            _ => Ok(x),
+                        }
+                    })
+                });
+                // One at a time into the queue, so that the batch keeps their order.
+                while handle.stats().queued.load(Ordering::Relaxed) < x as usize {
+                    std::thread::yield_now();
+                }
+                waiter
+            })
+            .collect();
+        hold.send(()).unwrap();
+        holder.join().unwrap().unwrap();
+        let answers = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+        let runs = runs.iter().map(|r| r.lock().unwrap().clone()).collect();
+        (answers, runs)
+    }
+
+    fn values(handle: &WriterHandle) -> Vec<i64> {
+        handle
+            .run(|conn| {
+                let mut stmt = conn.prepare("SELECT x FROM t ORDER BY x").unwrap();
+                let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+                Ok(rows.map(|r| r.unwrap()).collect())
+            })
+            .unwrap()
+    }
+
+    fn create_t(handle: &WriterHandle) {
+        handle
+            .run(|conn| {
+                conn.execute_batch("CREATE TABLE t (x INTEGER)")
+                    .map_err(|e| Error::sqlite("create", e))
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn retryable_closures_run_once_unguarded_when_none_fails() {
+        let dir = TempDir::new("writer-retryable");
+        let writer = start(&dir);
+        let handle = writer.handle();
+        create_t(&handle);
+        let (answers, runs) = one_batch_of_retryables(&handle, 3, None);
+        assert_eq!(
+            answers.into_iter().map(|a| a.unwrap()).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert!(runs.iter().all(|r| r == &[Guard::Unguarded]), "{runs:?}");
+        assert_eq!(values(&handle), [1, 2, 3]);
+        assert_eq!(handle.stats().reruns.load(Ordering::Relaxed), 0);
+        writer.stop();
+    }
+
+    #[test]
+    fn an_unguarded_failure_reruns_the_batch_guarded_and_nothing_is_written_twice() {
+        let dir = TempDir::new("writer-rerun");
+        let writer = start(&dir);
+        let handle = writer.handle();
+        create_t(&handle);
+        // 2 fails only unguarded (as a projection does, which guarded stores the event anyway):
+        // everything succeeds on the rerun, and the first run's writes are gone.
+        let (answers, runs) = one_batch_of_retryables(&handle, 3, Some((2, false)));
+        assert_eq!(
+            answers.into_iter().map(|a| a.unwrap()).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            runs,
+            [
+                vec![Guard::Unguarded, Guard::Guarded],
+                vec![Guard::Unguarded, Guard::Guarded],
+                vec![Guard::Guarded],
+            ],
+            "the closures after the failing one run only guarded"
+        );
+        assert_eq!(values(&handle), [1, 2, 3], "each insert committed once");
+        assert_eq!(handle.stats().reruns.load(Ordering::Relaxed), 1);
+
+        // 5 fails guarded too: it fails alone, as with `run`, and its insert is rolled back.
+        let (answers, _) = one_batch_of_retryables(&handle, 6, Some((5, true)));
+        assert!(
+            matches!(answers[4], Err(Error::Unavailable(_))),
+            "{:?}",
+            answers[4]
+        );
+        assert_eq!(values(&handle), [1, 1, 2, 2, 3, 3, 4, 6]);
+        assert_eq!(handle.stats().reruns.load(Ordering::Relaxed), 2);
         writer.stop();
     }
 
