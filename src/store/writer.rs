@@ -568,7 +568,9 @@ mod tests {
                     })
                 });
                 // One at a time into the queue, so that the batch keeps their order.
+                let deadline = Instant::now() + Duration::from_secs(10);
                 while handle.stats().queued.load(Ordering::Relaxed) < x as usize {
+                    assert!(Instant::now() < deadline, "closure {x} never queued");
                     std::thread::yield_now();
                 }
                 waiter
