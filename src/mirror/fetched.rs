@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use super::candidate::{Candidate, Text};
 use super::lifecycle::Rank;
-use super::rows::{insert, load, mark_deleted, update, Row};
+use super::rows::{insert, load, mark_deleted, update, Keys, Row};
 use super::shape::Kind;
 use super::ties::{settle, Second};
 use super::TieRule;
@@ -233,6 +233,7 @@ fn project(
                         source: f.via.as_str(),
                         event_id: None,
                         uncertain: false,
+                        keys: Keys::default(),
                     };
                     insert(conn, f.object_id, &row, Some(second), now_ms)?;
                 }
@@ -258,6 +259,7 @@ fn project(
         source: f.via.as_str(),
         event_id: None,
         uncertain: false,
+        keys: Keys::of(object),
     };
     let Some(stored) = stored else {
         insert(conn, f.object_id, &row, None, now_ms)?;

@@ -12,17 +12,6 @@ pub fn data_object_raw(body: &str) -> Option<&str> {
     body.get(os..oe)
 }
 
-/// The value of the top-level member `key` of the object `text`, when it is a JSON string: what
-/// the `customer` and `email` columns hold, read without parsing the whole object again.
-pub(super) fn top_level_string(text: &str, key: &str) -> Option<String> {
-    let (s, e) = member_span(text.as_bytes(), 0, key.as_bytes())?;
-    let value = text.get(s..e)?;
-    if !value.starts_with('"') {
-        return None;
-    }
-    serde_json::from_str(value).ok()
-}
-
 /// The span of the value of `key` in the object starting at `start` (after whitespace).
 pub(super) fn member_span(b: &[u8], start: usize, key: &[u8]) -> Option<(usize, usize)> {
     let mut i = skip_ws(b, start);

@@ -14,7 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::candidate::{candidate_from_body, Candidate, Text, MAX_TIE_EVENTS};
-use super::json_span::{top_level_string, BodySpan};
+use super::json_span::BodySpan;
 use super::lifecycle::Rank;
 use super::shape::{livemode, Input, Kind, Shape};
 
@@ -109,6 +109,26 @@ pub(super) struct Row<'r> {
     pub(super) source: &'r str,
     pub(super) event_id: Option<&'r str>,
     pub(super) uncertain: bool,
+    /// The state's indexed keys, read from its parsed form (not by scanning `data` again).
+    pub(super) keys: Keys,
+}
+
+/// The keys `object_rows` indexes for finding a state: its top-level `customer` (an id string)
+/// and its `email`, lower-cased.
+#[derive(Debug, Default)]
+pub(super) struct Keys {
+    customer: Option<String>,
+    email: Option<String>,
+}
+
+impl Keys {
+    pub(super) fn of(data: &Value) -> Keys {
+        let text = |key| data.get(key).and_then(Value::as_str);
+        Keys {
+            customer: text("customer").map(str::to_owned),
+            email: text("email").map(str::to_lowercase),
+        }
+    }
 }
 
 impl<'r> Row<'r> {
@@ -138,6 +158,7 @@ impl<'r> Row<'r> {
             source: "event",
             event_id: Some(input.event_id),
             uncertain: false,
+            keys: Keys::of(object),
         }
     }
 }
@@ -322,13 +343,13 @@ type StoredForm<'r> = (
     Option<i64>,
     Option<i64>,
     Option<i64>,
-    Option<String>,
-    Option<String>,
+    Option<&'r str>,
+    Option<&'r str>,
 );
 
-fn stored_form<'r>(row: &Row<'r>) -> StoredForm<'r> {
-    let customer = top_level_string(row.data, "customer");
-    let email = top_level_string(row.data, "email").map(|e| e.to_lowercase());
+fn stored_form<'r>(row: &'r Row<'r>) -> StoredForm<'r> {
+    let customer = row.keys.customer.as_deref();
+    let email = row.keys.email.as_deref();
     match row.at {
         Some(at) => (
             None,

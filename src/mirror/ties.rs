@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::candidate::{Candidate, Text, MAX_TIE_EVENTS};
 use super::json_span::BodySpan;
 use super::lifecycle::{Rank, Status};
-use super::rows::{fetched_candidate, load_group, update, Row, Stored};
+use super::rows::{fetched_candidate, load_group, update, Keys, Row, Stored};
 use super::shape::{livemode, raw_text, Input, Kind, Shape};
 use super::{Decision, TieRule};
 
@@ -230,6 +230,7 @@ fn row_of<'r>(at: Second<'r>, c: &'r Candidate, text: &'r str, uncertain: bool) 
         source: &c.source,
         event_id: c.event_id.as_deref(),
         uncertain,
+        keys: Keys::of(&c.data),
     }
 }
 
