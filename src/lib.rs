@@ -14,7 +14,8 @@
 //!                 └▶ ingest::endpoint::Endpoint::handle
 //!                      1. route + method
 //!                      2. event::signature::verify (every v1 × every secret, constant time)
-//!                      3. event::envelope::parse  (id, type, created, account, object, ...)
+//!                      3. event::envelope::parse  (id, type, created, account, the span of
+//!                         data.object and the few members the mirror reads outside a tie)
 //!                      4. WriterHandle::run_retryable(store_event_with) ──▶ the writer
 //!                                                   thread (the ONE read-write connection):
 //!                                                   group commit, one transaction; retryable

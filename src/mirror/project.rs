@@ -7,7 +7,7 @@
 use rusqlite::Connection;
 
 use super::rows::{insert, load, mark_deleted, update, Row};
-use super::shape::{classify, raw_text, Input, Kind};
+use super::shape::{classify, raw_text, whole_object, Input, Kind};
 use super::ties::tie;
 use super::Decision;
 
@@ -89,7 +89,14 @@ pub fn apply(conn: &Connection, input: &Input, now_ms: i64) -> rusqlite::Result<
                     _ => Decision::Unchanged,
                 });
             }
-            tie(conn, input, object, &shape, &stored, now_ms)
+            tie(
+                conn,
+                input,
+                &whole_object(input, object),
+                &shape,
+                &stored,
+                now_ms,
+            )
         }
         _ => {
             let raw = raw_text(input, object);

@@ -22,8 +22,12 @@ pub struct Input<'a> {
     pub livemode: Option<bool>,
     /// `object == "v2.core.event"`: never projected.
     pub thin: bool,
-    /// `event.data.object`, parsed.
+    /// `event.data.object`, parsed: whole, or (from an envelope) only its
+    /// [`HEAD_MEMBERS`](crate::event::envelope::HEAD_MEMBERS), when `object_head` says so.
     pub object: Option<&'a Value>,
+    /// `object` holds only the head members: a tie, which compares whole states, parses the
+    /// object from `object_raw` ([`whole_object`]).
+    pub object_head: bool,
     /// The exact JSON text of `event.data.object` (stored in `objects.data`); when `None`, the
     /// parsed object is serialised again ([`super::data_object_raw`] finds it in a body).
     pub object_raw: Option<&'a str>,
@@ -44,6 +48,7 @@ pub fn input<'a>(env: &'a Envelope, body: &'a [u8], seq: i64) -> Input<'a> {
         livemode: env.livemode,
         thin: env.thin,
         object: env.object.as_ref(),
+        object_head: true,
         object_raw: env.object_text(body),
         object_span: env.object_text(body).and(env.object_span),
         previous_attributes: env.previous_attributes.as_ref(),
@@ -113,6 +118,15 @@ pub(super) fn classify<'v>(event_type: &'v str, object: &'v Value) -> Option<Sha
         kind,
         stub,
     })
+}
+
+/// The whole of `object` (the input's parsed `data.object`): parsed again from its text when
+/// the input holds only its head members.
+pub(super) fn whole_object<'v>(input: &Input, object: &'v Value) -> Cow<'v, Value> {
+    match input.object_raw.filter(|_| input.object_head) {
+        Some(raw) => serde_json::from_str(raw).map_or(Cow::Borrowed(object), Cow::Owned),
+        None => Cow::Borrowed(object),
+    }
 }
 
 pub(super) fn raw_text<'a>(input: &Input<'a>, object: &Value) -> Cow<'a, str> {

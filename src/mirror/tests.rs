@@ -693,6 +693,7 @@ fn account_and_livemode_come_from_the_event() {
         livemode: Some(true),
         thin: false,
         object: Some(&object),
+        object_head: false,
         object_raw: None,
         object_span: None,
         previous_attributes: None,

@@ -157,7 +157,8 @@ pub fn stripe_signature(data: &[u8]) {
 }
 
 /// The event envelope: parsing never panics, and what it accepts is consistent with the body
-/// (a valid id and type, `created` not negative, `data.object`'s span is that object's text).
+/// (a valid id and type, `created` not negative, `data.object`'s span is that object's text, and
+/// the parsed head members are that text's).
 pub fn envelope(data: &[u8]) {
     let Ok(env) = envelope::parse(data) else {
         return;
@@ -169,8 +170,20 @@ pub fn envelope(data: &[u8]) {
         let text = env
             .object_text(data)
             .expect("the span of data.object is text in the body");
-        let reparsed: serde_json::Value = serde_json::from_str(text).expect("the span is JSON");
-        assert_eq!(&reparsed, object);
+        // `object` holds the head members of the whole object (all of it if not an object). A
+        // number serde_json cannot hold (1e400) outside those members is skipped unread, so the
+        // event is stored, although a whole parse of its object fails.
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(mut all)) => {
+                all.retain(|k, _| envelope::HEAD_MEMBERS.contains(&k.as_str()));
+                assert_eq!(&serde_json::Value::Object(all), object);
+            }
+            Ok(other) => assert_eq!(&other, object),
+            Err(e) => assert!(
+                e.to_string().contains("number out of range") && object.is_object(),
+                "{e}"
+            ),
+        }
     }
     if env.thin {
         assert!(env.object.is_none());
