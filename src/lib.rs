@@ -71,7 +71,8 @@
 //!   `schema.sql` ([`store::migrate`](mod@store::migrate)), the `<db>.lock` ([`store::lock`]), the
 //!   [`store::Checkpointer`], and the writer thread ([`store::writer`]): group commit and
 //!   [`store::writer::WriterHandle::run`], which returns a closure's value after COMMIT
-//!   (`run_retryable` for a closure that may run twice, which spares its savepoint).
+//!   (`run_retryable` for a closure that may run twice, which spares its savepoint); a second
+//!   thread, `writer-answers`, wakes the waiters of each committed batch.
 //!
 //! The mirror:
 //! - [`mirror`]: the projection rules (its module doc is the spec): [`mirror::apply`] for one

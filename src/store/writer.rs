@@ -4,7 +4,8 @@
 //! forwarding and the Stripe client) hand the writer a closure with [`WriterHandle::run`] and wait
 //! for its result. The thread takes whatever is queued (up to `max_batch`), runs each closure in a
 //! SAVEPOINT of ONE transaction, commits (WAL, `synchronous=FULL`, so COMMIT returns only when the
-//! WAL is on disk), and only then hands every waiter its result. Many requests thus share one
+//! WAL is on disk), and only then hands every waiter its result (from a second thread, so that
+//! the next batch begins while the waiters wake). Many requests thus share one
 //! fsync, which makes throughput almost independent of the disk's speed. Under load (the previous
 //! commit under 5 ms ago) it waits up to 250 µs for more before it begins, since work that shares a
 //! commit shares the pages it writes.
@@ -133,6 +134,7 @@ enum Msg {
 pub struct Writer {
     handle: WriterHandle,
     thread: Option<JoinHandle<()>>,
+    answers: Option<JoinHandle<()>>,
 }
 
 /// A cheap, cloneable way to hand work to the writer.
@@ -147,10 +149,25 @@ impl Writer {
     pub fn start(conn: Connection, config: WriterConfig) -> Result<Writer> {
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
         let stats = Arc::new(Stats::default());
+        // Waking each waiter is a futex call: 7% of the writer's CPU at saturation, done on the
+        // writer's core while the next batch waited. A thread of its own wakes them (measured
+        // against answering inline, alternating: p99 lower in 7 of 9 rounds, at saturation and
+        // at 3,000 events/s, and the same events/s). Without it, the writer answers itself.
+        let (to_answers, answer_rx) = mpsc::sync_channel::<Vec<(Deliver, bool)>>(64);
+        let answers = std::thread::Builder::new()
+            .name("writer-answers".into())
+            .spawn(move || {
+                while let Ok(batch) = answer_rx.recv() {
+                    answer(batch);
+                }
+            })
+            .map_err(|e| log::warn!("writer answers inline: {e}"))
+            .ok();
         let mut state = State {
             conn,
             max_batch: config.max_batch.max(1),
             stats: stats.clone(),
+            answers: answers.is_some().then_some(to_answers),
         };
         let thread = std::thread::Builder::new()
             .name("writer".into())
@@ -159,6 +176,7 @@ impl Writer {
         Ok(Writer {
             handle: WriterHandle { tx, stats },
             thread: Some(thread),
+            answers,
         })
     }
 
@@ -174,6 +192,10 @@ impl Writer {
             if thread.join().is_err() {
                 log::error!("writer thread panicked");
             }
+        }
+        // The writer's end dropped the answers' sender: every answer is out when this returns.
+        if let Some(answers) = self.answers.take() {
+            let _ = answers.join();
         }
         let s = &self.handle.stats;
         log::info!(
@@ -267,6 +289,8 @@ struct State {
     conn: Connection,
     max_batch: usize,
     stats: Arc<Stats>,
+    /// To the thread that hands waiters their results; `None`: the writer does it.
+    answers: Option<SyncSender<Vec<(Deliver, bool)>>>,
 }
 
 impl State {
@@ -345,15 +369,21 @@ impl State {
             }
         }
         // Hand every waiter its result, now that it is durable (or known to be lost).
+        let mut results = Vec::with_capacity(delivers.len());
         for (ok, deliver) in delivers {
             self.stats.jobs.fetch_add(1, Ordering::Relaxed);
             if !ok || committed.is_err() {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
             }
-            deliver(match &committed {
-                Ok(()) => Ok(()),
-                Err(_) => Err(Error::Unavailable("database write failed".into())),
-            });
+            results.push((deliver, committed.is_ok()));
+        }
+        match &self.answers {
+            Some(to_answers) => {
+                if let Err(mpsc::SendError(results)) = to_answers.send(results) {
+                    answer(results);
+                }
+            }
+            None => answer(results),
         }
     }
 
@@ -411,6 +441,17 @@ impl State {
 fn begin(conn: &mut Connection) -> Result<Transaction<'_>> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| Error::sqlite("begin write transaction", e))
+}
+
+/// Hands each waiter its closure's result: `true` when the batch committed.
+fn answer(results: Vec<(Deliver, bool)>) {
+    for (deliver, committed) in results {
+        deliver(if committed {
+            Ok(())
+        } else {
+            Err(Error::Unavailable("database write failed".into()))
+        });
+    }
 }
 
 /// The closures one transaction runs.
