@@ -226,18 +226,9 @@ impl WriterHandle {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let (reply, answer) = mpsc::sync_channel::<Result<T>>(1);
-        let job: Job = Box::new(move |conn| {
-            let result = f(conn);
-            let ok = result.is_ok();
-            let deliver: Deliver = Box::new(move |committed| {
-                let _ = reply.send(committed.and(result));
-            });
-            (ok, deliver)
-        });
+        let job: Job = Box::new(move |conn| delivery(reply, f(conn)));
         self.send(Msg::Job(job))?;
-        answer
-            .recv()
-            .map_err(|_| Error::Unavailable("writer stopped before answering".into()))?
+        wait(&answer)
     }
 
     /// Like [`run`](Self::run), for a closure that can run twice and touches nothing outside
@@ -250,19 +241,9 @@ impl WriterHandle {
         F: FnMut(&Connection, Guard) -> Result<T> + Send + 'static,
     {
         let (reply, answer) = mpsc::sync_channel::<Result<T>>(1);
-        let job: Retryable = Box::new(move |conn, guard| {
-            let result = f(conn, guard);
-            let ok = result.is_ok();
-            let reply = reply.clone();
-            let deliver: Deliver = Box::new(move |committed| {
-                let _ = reply.send(committed.and(result));
-            });
-            (ok, deliver)
-        });
+        let job: Retryable = Box::new(move |conn, guard| delivery(reply.clone(), f(conn, guard)));
         self.send(Msg::Retryable(job))?;
-        answer
-            .recv()
-            .map_err(|_| Error::Unavailable("writer stopped before answering".into()))?
+        wait(&answer)
     }
 
     pub fn stats(&self) -> &Stats {
@@ -441,6 +422,23 @@ impl State {
 fn begin(conn: &mut Connection) -> Result<Transaction<'_>> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| Error::sqlite("begin write transaction", e))
+}
+
+/// What a closure's run leaves for the writer: whether it succeeded, and how its waiter hears
+/// `result` once the batch's fate is known.
+fn delivery<T: Send + 'static>(reply: SyncSender<Result<T>>, result: Result<T>) -> (bool, Deliver) {
+    let ok = result.is_ok();
+    let deliver: Deliver = Box::new(move |committed| {
+        let _ = reply.send(committed.and(result));
+    });
+    (ok, deliver)
+}
+
+/// A waiter's side: the closure's result once its batch committed (or failed).
+fn wait<T>(answer: &Receiver<Result<T>>) -> Result<T> {
+    answer
+        .recv()
+        .map_err(|_| Error::Unavailable("writer stopped before answering".into()))?
 }
 
 /// Hands each waiter its closure's result: `true` when the batch committed.
