@@ -83,7 +83,7 @@ impl Service {
         if config.database.checkpoint_interval_ms == 0 {
             // No checkpointer (Litestream checkpoints): the writer's own fallback comes sooner,
             // at about 40 MB of WAL, as config.example.toml and docs/deploy/litestream.md say.
-            store::set_autocheckpoint(&conn, 10_000)?;
+            store::set_autocheckpoint(&conn, 40 << 20)?;
         }
         let pool = store::read_pool(&database, 4)?;
         let writer = Writer::start(

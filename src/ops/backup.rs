@@ -6,8 +6,8 @@
 //! first and holds it to the end. In WAL mode a reader never blocks the writer, and a held snapshot
 //! also keeps SQLite's online backup from starting over each time the server commits (which it
 //! otherwise does, and under steady traffic would never finish). The copy is made in steps of
-//! [`STEP_PAGES`](super::copy::STEP_PAGES) pages with a short pause between them, flushed to disk every [`SYNC_EVERY`](super::copy::SYNC_EVERY)
-//! bytes rather than in one go at the end, checked, and only then renamed into place. While a
+//! [`STEP_BYTES`](super::copy::STEP_BYTES) with a short pause between them, flushed to disk every
+//! [`SYNC_EVERY`](super::copy::SYNC_EVERY) bytes rather than in one go at the end, checked, and only then renamed into place. While a
 //! backup runs the server's checkpoints cannot pass its snapshot, so the `-wal` file grows by what
 //! is written meanwhile; the backup folds it in itself as soon as the copy is done, from a
 //! `query_only` connection. Left to the server, the writer's fallback checkpoint did it inside a
@@ -60,7 +60,7 @@ pub struct BackupOptions {
 /// 2. Opens `database` read-only, takes no lock, and starts a read transaction: the copy is of
 ///    this snapshot, whatever the server commits meanwhile.
 /// 3. Copies it into `out.tmp` (a stale one is removed first) with SQLite's online backup API,
-///    [`STEP_PAGES`](super::copy::STEP_PAGES) at a time with [`STEP_PAUSE`] between steps,
+///    [`STEP_BYTES`](super::copy::STEP_BYTES) at a time with [`STEP_PAUSE`] between steps,
 ///    flushing every [`SYNC_EVERY`](super::copy::SYNC_EVERY).
 ///    Then ends the snapshot and, if `opts.checkpoint`, runs a passive checkpoint of the live
 ///    database (best effort: it only copies pages the server has committed, and a failure only

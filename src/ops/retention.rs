@@ -142,7 +142,10 @@ pub fn prune(
         ))
         .map_err(sql)?;
     if let Some(reason) = cannot_move_rows(&reader)? {
-        log::warn!("retention: {reason}; emptying bodies in place, which gives no space back");
+        log::warn!(
+            "retention: {reason}; emptying bodies in place, which gives back only what they held \
+             on overflow pages"
+        );
     }
     let mut report = Report::default();
     let mut lo = 0;
@@ -179,7 +182,9 @@ pub fn prune(
 /// SQLite merge the emptied pages and put them on the free list for the vacuum. Deleting a row
 /// would fire triggers and `ON DELETE` actions, though, so while any trigger is defined on
 /// `events`, or any foreign key references it, this falls back to the `UPDATE` (the bodies are
-/// still emptied, but the file stops shrinking) and logs why.
+/// still emptied, but only the overflow pages of bodies larger than a page are given back: most
+/// of a 2 KB body with the 1 KiB pages of a new database, nothing of it with 4 KiB pages) and logs
+/// why.
 fn prune_window(conn: &Connection, lo: i64, hi: i64, cutoff_ms: i64) -> Result<(u64, u64)> {
     let what = |e| Error::sqlite(format!("prune event bodies in rows {lo}..{hi}"), e);
     let due = due("?3");
@@ -640,7 +645,10 @@ mod tests {
             .unwrap();
         let before = rows(&path);
         let (report, _) = run(&path);
-        assert_eq!((report.pruned, report.pages_freed), (200, 0));
+        assert_eq!(report.pruned, 200);
+        // The rows stay on their pages; only the overflow pages of the 2 KB bodies (1 KiB pages)
+        // go to the free list, about two per body.
+        assert!((200..=450).contains(&report.pages_freed), "{report:?}");
         assert_eq!(rows(&path), before);
         assert!(bodies(&path)[..200].iter().all(|l| *l == 0));
         let fired: i64 = store::open_read_only(&path)

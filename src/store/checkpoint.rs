@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::open::open_checkpointer;
+use super::open::{open_checkpointer, wal_frames};
 use crate::error::Result;
 use crate::periodic::Periodic;
 
@@ -43,11 +43,15 @@ impl Checkpointer {
             });
         }
         let conn = open_checkpointer(path)?;
+        let restart = Restart {
+            frames: wal_frames(&conn, RESTART_BYTES)?,
+            slack: wal_frames(&conn, RESTART_SLACK_BYTES)?,
+        };
         // Read-only is enough for fsync, which flushes the file, not the descriptor.
         let file = File::open(path)
             .map_err(|e| crate::error::Error::io(format!("open {}", path.display()), e))?;
         let thread = Periodic::start("checkpoint", interval, move |_| {
-            checkpoint_once(&conn, &file);
+            checkpoint_once(&conn, &file, restart);
             interval
         })?;
         Ok(Checkpointer { thread })
@@ -59,25 +63,34 @@ impl Checkpointer {
     }
 }
 
-/// WAL frames (4 KiB pages) past which the checkpointer makes the writer start the WAL afresh:
-/// about every 0.25 s at 3,000 events/s, so each RESTART has little to do.
-const RESTART_FRAMES: i64 = 2048;
+/// The WAL size past which the checkpointer makes the writer start the WAL afresh: 8 MiB, about
+/// every 0.25-0.5 s at 3,000 events/s, so each RESTART has little to do.
+const RESTART_BYTES: i64 = 8 << 20;
+/// How much of that WAL may still be uncopied when the checkpointer decides to restart.
+const RESTART_SLACK_BYTES: i64 = 1 << 20;
+
+/// [`RESTART_BYTES`] and [`RESTART_SLACK_BYTES`] in frames of the database's page size.
+#[derive(Clone, Copy)]
+struct Restart {
+    frames: i64,
+    slack: i64,
+}
 
 /// One round of the checkpointer: a passive checkpoint, which never blocks the writer. Under steady
 /// load the writer appends while it runs, so the WAL is never found fully copied at the start of a
-/// write transaction and never starts over; once it passes [`RESTART_FRAMES`] with everything
+/// write transaction and never starts over; once it passes [`RESTART_BYTES`] with everything
 /// already copied, the database file is synced and what arrived meanwhile is copied (both beside
 /// the writer), and then a RESTART checkpoint briefly holds the writer back (copying only the last
 /// few frames, plus a small fsync) so that the next transaction writes the WAL from its beginning
 /// again.
-fn checkpoint_once(conn: &Connection, file: &File) {
+fn checkpoint_once(conn: &Connection, file: &File, restart: Restart) {
     let run = |mode: &str| -> rusqlite::Result<(i64, i64, i64)> {
         conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
     };
     match run("PASSIVE") {
-        Ok((0, log, copied)) if log > RESTART_FRAMES && copied >= log - 256 => {
+        Ok((0, log, copied)) if log > restart.frames && copied >= log - restart.slack => {
             if let Err(e) = file.sync_data() {
                 log::debug!("sync before restart: {e}");
             }

@@ -35,7 +35,7 @@ pub fn file_sizes(database: &Path) -> (u64, u64) {
 
 pub use open::{
     open_checkpointer, open_copy_target, open_locked, open_memory, open_read_only, open_writer,
-    read_pool, set_autocheckpoint, ReadPool,
+    read_pool, set_autocheckpoint, wal_frames, ReadPool, NEW_PAGE_SIZE,
 };
 
 #[cfg(test)]
@@ -69,6 +69,38 @@ mod tests {
         let conn = open_writer(&path).unwrap();
         assert_eq!(schema_version(&conn).unwrap(), known_version());
         assert!(integrity_problems(&conn).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_database_gets_small_pages_and_an_old_one_keeps_its_own() {
+        let dir = TempDir::new("store");
+        let page_size = |conn: &rusqlite::Connection| -> i64 {
+            conn.query_row("PRAGMA page_size", [], |r| r.get(0))
+                .unwrap()
+        };
+        let new = open_writer(&dir.path().join("new.db")).unwrap();
+        assert_eq!(page_size(&new), NEW_PAGE_SIZE);
+        assert_eq!(
+            wal_frames(&new, 8 << 20).unwrap(),
+            (8 << 20) / NEW_PAGE_SIZE
+        );
+
+        // A file made with 4 KiB pages (every database before this page size) stays as it was,
+        // and thresholds given in bytes become a quarter as many frames.
+        let old_path = dir.path().join("old.db");
+        {
+            let c = open_copy_target(&old_path).unwrap();
+            c.execute_batch("PRAGMA page_size=4096; CREATE TABLE t(x); DROP TABLE t;")
+                .unwrap();
+        }
+        let old = open_writer(&old_path).unwrap();
+        assert_eq!(page_size(&old), 4096);
+        assert_eq!(schema_version(&old).unwrap(), known_version());
+        assert_eq!(wal_frames(&old, 8 << 20).unwrap(), 2048);
+        let autocheckpoint: i64 = old
+            .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(autocheckpoint, (400 << 20) / 4096);
     }
 
     #[test]
