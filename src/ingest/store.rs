@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use crate::error::{Error, Result};
 use crate::event::envelope::Envelope;
@@ -98,18 +98,21 @@ pub fn store_event_with(
 ) -> Result<Outcome> {
     let env = &event.envelope;
 
-    // A known id is a repeated delivery: count it, change nothing else.
-    let deliveries: Option<i64> = conn
+    // A known id is a repeated delivery: count it, change nothing else. (Not `RETURNING`: SQLite
+    // builds a temporary b-tree for it on every run, found in the writer's profile; the count is
+    // read back only for a repeat.)
+    let count = |e| Error::sqlite(format!("count delivery of {}", env.id), e);
+    let repeated = conn
         .prepare_cached(
-            "UPDATE events SET deliveries = deliveries + 1, last_received_at = ?2
-             WHERE id = ?1 RETURNING deliveries",
+            "UPDATE events SET deliveries = deliveries + 1, last_received_at = ?2 WHERE id = ?1",
         )
-        .and_then(|mut stmt| {
-            stmt.query_row(params![env.id, event.received_at_ms], |r| r.get(0))
-                .optional()
-        })
-        .map_err(|e| Error::sqlite(format!("count delivery of {}", env.id), e))?;
-    if let Some(deliveries) = deliveries {
+        .and_then(|mut stmt| stmt.execute(params![env.id, event.received_at_ms]))
+        .map_err(count)?;
+    if repeated > 0 {
+        let deliveries = conn
+            .prepare_cached("SELECT deliveries FROM events WHERE id = ?1")
+            .and_then(|mut stmt| stmt.query_row([&env.id], |r| r.get(0)))
+            .map_err(count)?;
         return Ok(Outcome::Duplicate { deliveries });
     }
 
