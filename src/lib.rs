@@ -67,7 +67,8 @@
 //!   [`http::Request`], [`http::Response`].
 //!
 //! Storage:
-//! - [`store`]: opening connections ([`store::open`], the only module allowed to), migrations from
+//! - [`store`]: opening connections ([`store::open`], the only module allowed to; it sets the
+//!   pragmas and a new file's page size, [`store::NEW_PAGE_SIZE`]), migrations from
 //!   `schema.sql` ([`store::migrate`](mod@store::migrate)), the `<db>.lock` ([`store::lock`]), the
 //!   [`store::Checkpointer`], and the writer thread ([`store::writer`]): group commit and
 //!   [`store::writer::WriterHandle::run`], which returns a closure's value after COMMIT

@@ -26,7 +26,7 @@ pub struct Input<'a> {
     /// [`HEAD_MEMBERS`](crate::event::envelope::HEAD_MEMBERS), when `object_head` says so.
     pub object: Option<&'a Value>,
     /// `object` holds only the head members: a tie, which compares whole states, parses the
-    /// object from `object_raw` ([`whole_object`]).
+    /// object from `object_raw` (`whole_object`).
     pub object_head: bool,
     /// The exact JSON text of `event.data.object` (stored in `objects.data`); when `None`, the
     /// parsed object is serialised again ([`super::data_object_raw`] finds it in a body).
