@@ -167,12 +167,14 @@ fn same_second_waiting(
 /// position). Empty when there are too many to order (they then go by arrival).
 pub fn tie_order(conn: &Connection, object_id: &str, second: i64) -> Result<Vec<(i64, i64)>> {
     let sql = |e| Error::sqlite(format!("order the events of {object_id} at {second}"), e);
+    // A literal limit: a bound one makes SQLite prepare the statement again on every run.
+    const _: () = assert!(MAX_TIE_EVENTS + 1 == 101);
     let rows: Vec<(String, String, i64, Vec<u8>)> = conn
         .prepare_cached(
-            "SELECT id, type, seq, body FROM events WHERE object_id = ?1 AND created = ?2 LIMIT ?3",
+            "SELECT id, type, seq, body FROM events WHERE object_id = ?1 AND created = ?2 LIMIT 101",
         )
         .and_then(|mut s| {
-            s.query_map(params![object_id, second, MAX_TIE_EVENTS + 1], |r| {
+            s.query_map(params![object_id, second], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?
             .collect()
