@@ -111,6 +111,7 @@ pub mod queries;
 pub mod replay;
 mod rows;
 mod shape;
+mod tie_cache;
 mod ties;
 
 #[cfg(test)]

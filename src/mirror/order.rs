@@ -8,7 +8,7 @@
 //! delete last, and, where nothing tells, arrival order; and the state it sees last is the state
 //! the mirror holds. Pure: bodies in, an order out.
 
-use super::candidate::candidate_from_body;
+use super::candidate::Parsed;
 use super::shape::Kind;
 use super::ties::{group_states, resolve, State};
 
@@ -30,18 +30,23 @@ pub struct SecondEvent<'a> {
 /// one state, a create first and a delete last within it, else in arrival order. The result is a function of the set of events
 /// (and their `seq`), not of the order of `events`.
 pub fn order_of_second(object_id: &str, events: &[SecondEvent]) -> Vec<usize> {
+    let parsed: Vec<Parsed> = events
+        .iter()
+        .map(|e| {
+            Parsed::new(
+                e.seq,
+                e.event_id.to_owned(),
+                e.event_type,
+                e.body.to_vec(),
+                object_id,
+            )
+        })
+        .collect();
     let mut cands = Vec::with_capacity(events.len());
     let mut of_cand = Vec::with_capacity(events.len());
     let mut stateless = Vec::new();
-    for (i, e) in events.iter().enumerate() {
-        match candidate_from_body(
-            e.seq,
-            e.event_id,
-            e.event_type,
-            e.body.to_vec(),
-            object_id,
-            None,
-        ) {
+    for (i, p) in parsed.iter().enumerate() {
+        match p.candidate(None) {
             Some(c) => {
                 cands.push(c);
                 of_cand.push(i);

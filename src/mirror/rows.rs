@@ -8,15 +8,17 @@
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
+use std::rc::Rc;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-use super::candidate::{candidate_from_body, Candidate, Text, MAX_TIE_EVENTS};
+use super::candidate::{Candidate, Parsed, Text, MAX_TIE_EVENTS};
 use super::json_span::BodySpan;
 use super::lifecycle::Rank;
 use super::shape::{livemode, Input, Kind, Shape};
+use super::tie_cache;
 
 /// The stored row, as far as decisions need it. Its data is read only when a decision needs it
 /// (a tie, or an event of the stored second): most events only compare seconds.
@@ -200,43 +202,55 @@ pub(super) fn load(conn: &Connection, id: &str) -> rusqlite::Result<Option<Store
     .optional()
 }
 
-/// Every other stored event about `object_id` created in `second`, as tie candidates; `None`
-/// when there are more than [`MAX_TIE_EVENTS`] (then none is parsed).
+/// Every other stored event about `object_id` created in `second`, parsed for a tie (read from
+/// the writer's tie cache where it can be); `None` when there are more than [`MAX_TIE_EVENTS`]
+/// (then none is read).
 pub(super) fn load_group(
     conn: &Connection,
     object_id: &str,
     second: i64,
     except_event: &str,
-    otype: &str,
-) -> rusqlite::Result<Option<Vec<Candidate<'static>>>> {
+) -> rusqlite::Result<Option<Vec<Rc<Parsed>>>> {
+    // `length()` of a BLOB comes from the record header: the bodies themselves are read only for
+    // the events the cache does not hold. The limit is written out, not bound: SQLite prepares a
+    // statement again whenever a bound LIMIT is bound (measured: every run), which was a tenth of
+    // the writer's time in a same-second burst.
+    const _: () = assert!(MAX_TIE_EVENTS + 1 == 101);
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, id, type, body FROM events
-         WHERE object_id = ?1 AND created = ?2 AND id <> ?3 LIMIT ?4",
+        "SELECT rowid, seq, id, type, length(body) FROM events
+         WHERE object_id = ?1 AND created = ?2 AND id <> ?3 LIMIT 101",
     )?;
-    let limit = i64::try_from(MAX_TIE_EVENTS + 1).unwrap_or(i64::MAX);
     let rows = stmt
-        .query_map(params![object_id, second, except_event, limit], |r| {
-            let body = match r.get_ref(3)? {
-                ValueRef::Blob(b) | ValueRef::Text(b) => b.to_vec(),
-                _ => Vec::new(),
-            };
+        .query_map(params![object_id, second, except_event], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
+                r.get::<_, i64>(1)?,
                 r.get::<_, String>(2)?,
-                body,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     if rows.len() > MAX_TIE_EVENTS {
         return Ok(None);
     }
+    let mut body = conn.prepare_cached("SELECT body FROM events WHERE rowid = ?1")?;
     let mut out = Vec::with_capacity(rows.len());
-    for (seq, id, event_type, body) in rows {
-        match candidate_from_body(seq, &id, &event_type, body, object_id, Some(otype)) {
-            Some(c) => out.push(c),
-            None => log::debug!("project: tie skips event event_id={id} object_id={object_id}"),
+    for (rowid, seq, id, event_type, len) in rows {
+        let len = usize::try_from(len).unwrap_or(0);
+        if let Some(hit) = tie_cache::get(seq, &id, len) {
+            out.push(hit);
+            continue;
         }
+        let bytes = body.query_row([rowid], |r| {
+            Ok(match r.get_ref(0)? {
+                ValueRef::Blob(b) | ValueRef::Text(b) => b.to_vec(),
+                _ => Vec::new(),
+            })
+        })?;
+        let parsed = Rc::new(Parsed::new(seq, id, &event_type, bytes, object_id));
+        tie_cache::put(&parsed);
+        out.push(parsed);
     }
     Ok(Some(out))
 }

@@ -35,6 +35,8 @@ pub struct Input<'a> {
     /// refer to it there instead of copying it; `None` when it is not known.
     pub object_span: Option<(usize, usize)>,
     pub previous_attributes: Option<&'a Value>,
+    /// The raw body as it is stored (empty when the caller has none).
+    pub body: &'a [u8],
 }
 
 /// Builds the projection's input for an event: its envelope, its raw body and its arrival `seq`.
@@ -52,6 +54,7 @@ pub fn input<'a>(env: &'a Envelope, body: &'a [u8], seq: i64) -> Input<'a> {
         object_raw: env.object_text(body),
         object_span: env.object_text(body).and(env.object_span),
         previous_attributes: env.previous_attributes.as_ref(),
+        body,
     }
 }
 

@@ -3,16 +3,17 @@
 //! order: causal chain first, then the one-way lifecycle, then the last arrival (flagged
 //! `uncertain`).
 
-use std::borrow::Cow;
+use std::rc::Rc;
 
 use rusqlite::Connection;
 use serde_json::Value;
 
-use super::candidate::{Candidate, Text, MAX_TIE_EVENTS};
+use super::candidate::{Candidate, EventState, Parsed, Text, MAX_TIE_EVENTS};
 use super::json_span::BodySpan;
-use super::lifecycle::{Rank, Status};
+use super::lifecycle::Status;
 use super::rows::{fetched_candidate, load_group, update, Keys, Row, Stored};
-use super::shape::{livemode, raw_text, Input, Kind, Shape};
+use super::shape::{raw_text, Input, Kind, Shape};
+use super::tie_cache;
 use super::{Decision, TieRule};
 
 /// Distinct data at the tied second, with the candidates that carry it.
@@ -32,32 +33,21 @@ pub(super) struct Resolution {
 pub(super) fn tie(
     conn: &Connection,
     input: &Input,
-    object: &Value,
+    object: Value,
     shape: &Shape,
     stored: &Stored,
     now_ms: i64,
 ) -> rusqlite::Result<Decision> {
     let delete_at = (shape.kind == Kind::Deleted).then_some(input.created);
+    let state = EventState::applied(input, object, shape);
     let me = Candidate {
-        event_id: Some(input.event_id.to_owned()),
-        seq: input.seq,
-        kind: shape.kind,
-        rank: Rank::of(shape.otype, input.event_type, shape.kind, object),
-        data: Cow::Borrowed(object),
-        text: Text::Object(raw_text(input, object)),
+        text: Text::Object(raw_text(input, &state.data)),
         span: input.object_span.map(|(start, end)| BodySpan {
             seq: input.seq,
             start,
             len: end - start,
         }),
-        prev: input
-            .previous_attributes
-            .filter(|p| p.is_object())
-            .map(Cow::Borrowed),
-        account: input.account.map(str::to_owned),
-        livemode: livemode(input.livemode, object),
-        source: "event".to_owned(),
-        fetched: false,
+        ..state.candidate(input.seq, input.event_id, input.body, Some(shape.otype))
     };
     let settled = settle(
         conn,
@@ -71,6 +61,10 @@ pub(super) fn tie(
         delete_at,
         now_ms,
     )?;
+    // The later events of this second will want this one: keep it as parsed.
+    if !input.body.is_empty() {
+        tie_cache::put(&Rc::new(Parsed::applied(input, state)));
+    }
 
     // Explain what happened to this event.
     let won = settled.won;
@@ -120,8 +114,8 @@ pub(super) fn settle(
 ) -> rusqlite::Result<Settled> {
     // Gather every state of the object at this second.
     let except = newcomer.event_id.clone().unwrap_or_default();
-    let group = load_group(conn, at.id, at.second, &except, at.otype)?;
-    let Some(mut cands) = group else {
+    let group = load_group(conn, at.id, at.second, &except)?;
+    let Some(group) = group else {
         // Too many to compare on every arrival: the newcomer wins, flagged for a refetch.
         log::warn!(
             "project: over {MAX_TIE_EVENTS} events in one second, last arrival wins object_id={} second={}",
@@ -138,6 +132,17 @@ pub(super) fn settle(
             tombstone: newcomer.kind == Kind::Deleted,
         });
     };
+    let mut cands: Vec<Candidate> = Vec::with_capacity(group.len() + 3);
+    for parsed in &group {
+        match parsed.candidate(Some(at.otype)) {
+            Some(c) => cands.push(c),
+            None => log::debug!(
+                "project: tie skips event event_id={} object_id={}",
+                parsed.event_id,
+                at.id
+            ),
+        }
+    }
     let newcomer_fetched = newcomer.fetched;
     cands.push(newcomer);
     let me = cands.len() - 1;

@@ -23,8 +23,11 @@
 //! outcome is the same, only the failure costs twice. The queue is bounded: when it is full, callers get [`Error::Busy`] at once
 //! rather than piling up threads.
 //!
-//! The writer knows nothing of events or objects: what a closure does is its own business.
+//! The writer knows nothing of events or objects: what a closure does is its own business. It
+//! only tells its closures, through [`rollbacks`], that they run on the writer thread and how often
+//! work there was undone, for what they keep between batches (the mirror's tie cache).
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -137,6 +140,23 @@ pub struct Writer {
     answers: Option<JoinHandle<()>>,
 }
 
+thread_local! {
+    /// On the writer thread, how many times work there was rolled back; `None` elsewhere.
+    static ROLLBACKS: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// `Some(n)` on the writer thread, where `n` counts the transactions and savepoints rolled back
+/// so far (a row a closure read may be gone, and its `seq` given to another event, once `n`
+/// moves on); `None` on every other thread. For closures that keep what they read between
+/// batches.
+pub fn rollbacks() -> Option<u64> {
+    ROLLBACKS.with(Cell::get)
+}
+
+fn count_rollback() {
+    ROLLBACKS.with(|n| n.set(n.get().map(|n| n + 1)));
+}
+
 /// A cheap, cloneable way to hand work to the writer.
 #[derive(Clone)]
 pub struct WriterHandle {
@@ -171,7 +191,10 @@ impl Writer {
         };
         let thread = std::thread::Builder::new()
             .name("writer".into())
-            .spawn(move || state.run(rx))
+            .spawn(move || {
+                ROLLBACKS.with(|n| n.set(Some(0)));
+                state.run(rx)
+            })
             .map_err(|e| Error::io("spawn writer thread", e))?;
         Ok(Writer {
             handle: WriterHandle { tx, stats },
@@ -344,6 +367,7 @@ impl State {
                     "writer commit failed: {e}; {} request(s) answered unavailable",
                     delivers.len()
                 );
+                count_rollback();
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
@@ -391,6 +415,7 @@ impl State {
             // Those results are never delivered: the batch runs again from its start.
             drop(unguarded);
             self.stats.reruns.fetch_add(1, Ordering::Relaxed);
+            count_rollback();
             tx.finish()
                 .map_err(|e| Error::sqlite("roll back for a guarded rerun", e))?;
             tx = begin(&mut self.conn)?;
@@ -485,6 +510,9 @@ fn in_savepoint(
             .map_err(|e| Error::sqlite("release savepoint", e))?;
     }
     // Otherwise dropping the savepoint rolls it back.
+    if !ok {
+        count_rollback();
+    }
     Ok((ok, deliver))
 }
 
@@ -503,6 +531,7 @@ pub fn nested<T>(conn: &Connection, name: &str, f: impl FnOnce() -> Result<T>) -
     let end = match result {
         Ok(_) => run(&format!("RELEASE {name}")),
         Err(_) => {
+            count_rollback();
             run(&format!("ROLLBACK TO {name}")).and_then(|()| run(&format!("RELEASE {name}")))
         }
     };

@@ -1,0 +1,166 @@
+//! The writer's memory of the stored events it parsed for recent same-second ties, so that a
+//! burst of events about one object in one second parses each stored event once rather than once
+//! for every later event of that second (with four events to a second that is three parses
+//! instead of six, and no re-reading of their bodies; `examples/loadgen.rs --same-second 4`).
+//!
+//! It is only a cache: a miss reads the event from `events`, as every tie did before it, and what
+//! a tie decides does not depend on it. An entry is used only for the event it was read from:
+//! same `seq`, same id, same body length (an event's body never changes but to be pruned, to zero
+//! bytes). It is emptied whenever the writer rolls work back ([`rollbacks`]), since a row read
+//! inside undone work may be gone and its `seq` given to another event.
+//!
+//! It lives on the writer thread, which owns the one connection that writes: on every other
+//! thread (the bulk fills, tests that project on a connection of their own) there is none and a
+//! tie reads every time. It holds at most [`MAX_ENTRIES`] events and [`MAX_BODY_BYTES`] of
+//! bodies, the oldest going first; nothing is kept unless a tie happens.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+use super::candidate::Parsed;
+use crate::store::writer::rollbacks;
+
+/// Events kept: enough for every connection's burst to find its second's earlier events.
+pub const MAX_ENTRIES: usize = 256;
+/// Body bytes kept (the parsed states take about as much again, and a few times more).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+thread_local! {
+    static CACHE: RefCell<TieCache> = RefCell::new(TieCache::default());
+}
+
+/// The cached parse of event `seq`, if it is the one of this id and body length.
+pub(super) fn get(seq: i64, event_id: &str, body_len: usize) -> Option<Rc<Parsed>> {
+    let epoch = rollbacks()?;
+    CACHE.with(|c| c.borrow_mut().at(epoch).get(seq, event_id, body_len))
+}
+
+/// Keeps a parse, on the writer thread.
+pub(super) fn put(parsed: &Rc<Parsed>) {
+    if let Some(epoch) = rollbacks() {
+        CACHE.with(|c| c.borrow_mut().at(epoch).put(Rc::clone(parsed)));
+    }
+}
+
+#[derive(Default)]
+struct TieCache {
+    /// The writer's rollback count the entries were read under.
+    epoch: u64,
+    by_seq: HashMap<i64, Rc<Parsed>>,
+    /// Insertion order, oldest first.
+    order: VecDeque<i64>,
+    body_bytes: usize,
+}
+
+impl TieCache {
+    /// The cache, emptied first if work was rolled back since its entries were read.
+    fn at(&mut self, epoch: u64) -> &mut TieCache {
+        if epoch != self.epoch {
+            *self = TieCache {
+                epoch,
+                ..TieCache::default()
+            };
+        }
+        self
+    }
+
+    fn get(&self, seq: i64, event_id: &str, body_len: usize) -> Option<Rc<Parsed>> {
+        self.by_seq
+            .get(&seq)
+            .filter(|p| p.event_id == event_id && p.body.len() == body_len)
+            .cloned()
+    }
+
+    fn put(&mut self, parsed: Rc<Parsed>) {
+        let len = parsed.body.len();
+        if len > MAX_BODY_BYTES {
+            return;
+        }
+        if let Some(old) = self.by_seq.remove(&parsed.seq) {
+            self.body_bytes -= old.body.len();
+            self.order.retain(|&s| s != old.seq);
+        }
+        while self.order.len() >= MAX_ENTRIES || self.body_bytes + len > MAX_BODY_BYTES {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = self.by_seq.remove(&oldest) {
+                self.body_bytes -= old.body.len();
+            }
+        }
+        self.order.push_back(parsed.seq);
+        self.body_bytes += len;
+        self.by_seq.insert(parsed.seq, parsed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(seq: i64, id: &str, body: &[u8]) -> Rc<Parsed> {
+        Rc::new(Parsed::new(
+            seq,
+            id.to_owned(),
+            "customer.updated",
+            body.to_vec(),
+            "cus_1",
+        ))
+    }
+
+    #[test]
+    fn an_entry_serves_only_its_own_event() {
+        let mut cache = TieCache::default();
+        let body = br#"{"type":"customer.updated","data":{"object":{"id":"cus_1","name":"A"}}}"#;
+        cache.put(parsed(7, "evt_a", body));
+        let hit = cache.get(7, "evt_a", body.len()).expect("its own event");
+        assert_eq!(hit.candidate(None).expect("a state").data["name"], "A");
+        // Another event given the same seq after a rollback, the same event pruned, another seq.
+        assert!(cache.get(7, "evt_b", body.len()).is_none());
+        assert!(cache.get(7, "evt_a", 0).is_none());
+        assert!(cache.get(8, "evt_a", body.len()).is_none());
+    }
+
+    #[test]
+    fn it_keeps_the_newest_within_its_bounds() {
+        let mut cache = TieCache::default();
+        for seq in 0..(MAX_ENTRIES as i64 + 10) {
+            cache.put(parsed(seq, &format!("evt_{seq}"), b"{}"));
+        }
+        assert_eq!(cache.by_seq.len(), MAX_ENTRIES);
+        assert!(cache.get(9, "evt_9", 2).is_none());
+        assert!(cache.get(10, "evt_10", 2).is_some());
+
+        let big = vec![b' '; MAX_BODY_BYTES / 2 + 1];
+        cache.put(parsed(1000, "evt_big1", &big));
+        cache.put(parsed(1001, "evt_big2", &big));
+        assert!(cache.body_bytes <= MAX_BODY_BYTES);
+        assert!(cache.get(1000, "evt_big1", big.len()).is_none());
+        assert!(cache.get(1001, "evt_big2", big.len()).is_some());
+
+        // Putting an event again replaces it rather than counting it twice.
+        cache.put(parsed(1001, "evt_big2", &big));
+        assert_eq!(
+            cache.body_bytes,
+            cache.by_seq.values().map(|p| p.body.len()).sum::<usize>()
+        );
+    }
+
+    #[test]
+    fn a_rollback_empties_it() {
+        let mut cache = TieCache::default();
+        cache.at(3).put(parsed(1, "evt_a", b"{}"));
+        assert!(cache.at(3).get(1, "evt_a", 2).is_some());
+        assert!(cache.at(4).get(1, "evt_a", 2).is_none());
+        assert_eq!(cache.body_bytes, 0);
+    }
+
+    #[test]
+    fn only_the_writer_thread_keeps_anything() {
+        // A test thread is not the writer thread.
+        let p = parsed(1, "evt_a", b"{}");
+        put(&p);
+        assert!(get(1, "evt_a", 2).is_none());
+    }
+}
