@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -210,7 +210,7 @@ pub(super) fn load_group(
     object_id: &str,
     second: i64,
     except_event: &str,
-) -> rusqlite::Result<Option<Vec<Rc<Parsed>>>> {
+) -> rusqlite::Result<Option<Vec<Arc<Parsed>>>> {
     // `length()` of a BLOB comes from the record header: the bodies themselves are read only for
     // the events the cache does not hold. The limit is written out, not bound: SQLite prepares a
     // statement again whenever a bound LIMIT is bound (measured: every run), which was a tenth of
@@ -248,7 +248,7 @@ pub(super) fn load_group(
                 _ => Vec::new(),
             })
         })?;
-        let parsed = Rc::new(Parsed::new(seq, id, &event_type, bytes, object_id));
+        let parsed = Arc::new(Parsed::new(seq, id, &event_type, bytes, object_id));
         tie_cache::put(&parsed);
         out.push(parsed);
     }

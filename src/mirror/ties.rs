@@ -3,7 +3,7 @@
 //! order: causal chain first, then the one-way lifecycle, then the last arrival (flagged
 //! `uncertain`).
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use rusqlite::Connection;
 use serde_json::Value;
@@ -63,7 +63,7 @@ pub(super) fn tie(
     )?;
     // The later events of this second will want this one: keep it as parsed.
     if !input.body.is_empty() {
-        tie_cache::put(&Rc::new(Parsed::applied(input, state)));
+        tie_cache::put(&Arc::new(Parsed::applied(input, state)));
     }
 
     // Explain what happened to this event.
