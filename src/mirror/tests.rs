@@ -1281,19 +1281,21 @@ fn customer_and_email_columns_follow_each_update() {
     assert_eq!(integrity, ["ok"]);
 }
 
+/// A writer thread over a new in-memory database: ties there use the writer's tie cache.
+fn writer() -> crate::store::writer::Writer {
+    use crate::store::writer::{Writer, WriterConfig};
+    let config = WriterConfig {
+        queue_capacity: 16,
+        max_batch: 8,
+    };
+    Writer::start(conn(), config).unwrap()
+}
+
 /// Delivers `order` of `stream` on a writer thread, one batch per delivery, so that its ties go
 /// through the writer's tie cache (`tie_cache.rs`); before every third delivery a batch stores
 /// another event and fails, so it is rolled back and the next event is given its `seq`.
 fn run_on_writer(stream: &std::sync::Arc<Stream>, order: &[usize]) -> String {
-    use crate::store::writer::{Writer, WriterConfig};
-    let writer = Writer::start(
-        conn(),
-        WriterConfig {
-            queue_capacity: 16,
-            max_batch: 8,
-        },
-    )
-    .unwrap();
+    let writer = writer();
     let h = writer.handle();
     for (n, &i) in (1..).zip(order) {
         if n % 3 == 0 {
@@ -1350,7 +1352,6 @@ fn a_rolled_back_event_is_not_remembered_as_the_one_stored_again() {
     // kept it), then stored again, same id, same seq, same body length, other data, at a moment
     // when it is no tie. The next event of that second names evt_2's data as its previous
     // state: that follows only from the data stored, not from the data rolled back.
-    use crate::store::writer::{Writer, WriterConfig};
     let body = |id: &str, created: i64, name: &str, prev: Option<&str>| {
         let mut data =
             serde_json::json!({"object": {"id": "cus_1", "object": "customer", "name": name}});
@@ -1380,14 +1381,7 @@ fn a_rolled_back_event_is_not_remembered_as_the_one_stored_again() {
         body("evt_4", t, "D", Some("C")),
     ]);
     assert_eq!(events[2].body.len(), events[4].body.len());
-    let writer = Writer::start(
-        conn(),
-        WriterConfig {
-            queue_capacity: 16,
-            max_batch: 8,
-        },
-    )
-    .unwrap();
+    let writer = writer();
     let h = writer.handle();
     let deliver = |idx: &'static [usize], fail: bool| {
         let e = events.clone();
