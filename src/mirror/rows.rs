@@ -40,20 +40,30 @@ pub(super) struct Stored {
 }
 
 impl Stored {
-    /// The stored state's exact JSON text (read from the event body it refers to, once).
+    /// The stored state's exact JSON text (read from the event body it refers to, once; from the
+    /// writer's tie cache when it holds that event).
     pub(super) fn data(&self, conn: &Connection) -> rusqlite::Result<&str> {
         if let Some(text) = self.text.get() {
             return Ok(text);
         }
         let text = match (&self.inline, self.body) {
             (Some(inline), _) => inline.clone(),
-            (None, Some(at)) => conn
-                .prepare_cached(
-                    "SELECT CAST(substr(body, ?2 + 1, ?3) AS TEXT) FROM events WHERE seq = ?1",
-                )?
-                .query_row(params![at.seq, at.start as i64, at.len as i64], |r| {
-                    r.get::<_, String>(0)
-                })?,
+            (None, Some(at)) => {
+                let cached = self
+                    .event_id
+                    .as_deref()
+                    .and_then(|id| tie_cache::body_text(at.seq, id, at.start, at.len));
+                match cached {
+                    Some(text) => text,
+                    None => conn
+                        .prepare_cached(
+                            "SELECT CAST(substr(body, ?2 + 1, ?3) AS TEXT) FROM events WHERE seq = ?1",
+                        )?
+                        .query_row(params![at.seq, at.start as i64, at.len as i64], |r| {
+                            r.get::<_, String>(0)
+                        })?,
+                }
+            }
             (None, None) => String::new(),
         };
         Ok(self.text.get_or_init(|| text))

@@ -3,6 +3,9 @@
 //! for every later event of that second (with four events to a second that is three parses
 //! instead of six, and no re-reading of their bodies; `examples/loadgen.rs --same-second 4`).
 //!
+//! The stored row's own state text is taken from it too when the row's event is kept
+//! ([`body_text`]), instead of being read back from that event's body.
+//!
 //! It is only a cache: a miss reads the event from `events`, as every tie did before it, and what
 //! a tie decides does not depend on it. An entry is used only for the event it was read from:
 //! same `seq`, same id, same body length (an event's body never changes but to be pruned, to zero
@@ -35,6 +38,19 @@ thread_local! {
 pub(super) fn get(seq: i64, event_id: &str, body_len: usize) -> Option<Arc<Parsed>> {
     let epoch = rollbacks()?;
     CACHE.with(|c| c.borrow_mut().at(epoch).get(seq, event_id, body_len))
+}
+
+/// The text at `start..start + len` of the body of event `seq`, if the cache holds that event
+/// under this id: the stored row's state, which lies in the body of the event it came from, without
+/// reading it back from `events`. Retention never prunes a body an object's state lies in, so the
+/// cached body is the stored one; a span that does not fit it, or is not UTF-8, is a miss.
+pub(super) fn body_text(seq: i64, event_id: &str, start: usize, len: usize) -> Option<String> {
+    let epoch = rollbacks()?;
+    CACHE.with(|c| {
+        c.borrow_mut()
+            .at(epoch)
+            .body_text(seq, event_id, start, len)
+    })
 }
 
 /// Keeps a parse, on the writer thread.
@@ -74,6 +90,12 @@ impl TieCache {
             .get(&seq)
             .filter(|p| p.event_id == event_id && p.body.len() == body_len)
             .cloned()
+    }
+
+    fn body_text(&self, seq: i64, event_id: &str, start: usize, len: usize) -> Option<String> {
+        let parsed = self.by_seq.get(&seq).filter(|p| p.event_id == event_id)?;
+        let bytes = parsed.body.get(start..start.checked_add(len)?)?;
+        std::str::from_utf8(bytes).ok().map(str::to_owned)
     }
 
     fn put(&mut self, parsed: Arc<Parsed>) {
@@ -167,6 +189,24 @@ mod tests {
         assert!(cache.get(7, "evt_b", body.len()).is_none());
         assert!(cache.get(7, "evt_a", 0).is_none());
         assert!(cache.get(8, "evt_a", body.len()).is_none());
+    }
+
+    #[test]
+    fn a_span_of_a_body_is_read_only_from_its_own_event() {
+        let mut cache = TieCache::default();
+        let body = "{\"data\":{\"object\":{\"id\":\"cus_1\",\"name\":\"Zoë\"}}}".as_bytes();
+        cache.put(parsed(7, "evt_a", body));
+        let start = body.iter().position(|&b| b == b'{').unwrap() + 9;
+        let span = &body[start..body.len() - 2];
+        let text = cache.body_text(7, "evt_a", start, span.len());
+        assert_eq!(text.as_deref().map(str::as_bytes), Some(span));
+        assert!(cache.body_text(7, "evt_b", start, span.len()).is_none());
+        assert!(cache.body_text(8, "evt_a", start, span.len()).is_none());
+        assert!(cache.body_text(7, "evt_a", start, body.len()).is_none());
+        assert!(cache.body_text(7, "evt_a", usize::MAX, 2).is_none());
+        // Half of the two-byte 'ë' is no text.
+        let e = body.windows(2).position(|w| w == "ë".as_bytes()).unwrap();
+        assert!(cache.body_text(7, "evt_a", e, 1).is_none());
     }
 
     #[test]
