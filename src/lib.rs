@@ -80,7 +80,8 @@
 //! - [`mirror`]: the projection rules (its module doc is the spec): [`mirror::apply`] for one
 //!   event, the [`mirror::Decision`] it records, same-second ties (`ties.rs`, over the candidates
 //!   of `candidate.rs`, ranked by `lifecycle.rs`; the writer thread keeps the events it parsed
-//!   for ties in `tie_cache.rs`, and a `tie-cache-free` thread frees what it lets go), the SQL (`rows.rs`), state fetched from
+//!   for ties in `tie_cache.rs`, and takes the stored row's state text from them when it can;
+//!   a `tie-cache-free` thread frees what it lets go), the SQL (`rows.rs`), state fetched from
 //!   Stripe's API and the refetch queue ([`mirror::fetched`], rule 5), [`mirror::replay`]
 //!   (re-derive one event, one object or everything; verify), and [`mirror::queries`], the reads
 //!   the admin, the API and the CLI share.
