@@ -115,6 +115,7 @@ impl Service {
             writer: writer.handle(),
             effects,
             counters: counters.clone(),
+            tie_ahead: Default::default(),
         });
         let (webhook_proxies, admin_proxies) = config.trusted_proxies();
         let webhook_config = ServerConfig {

@@ -9,6 +9,8 @@
 //!
 //! Pure: bytes in, [`Envelope`] or a reason out.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -40,6 +42,9 @@ pub struct Envelope {
     pub object_span: Option<(usize, usize)>,
     /// `data.previous_attributes`, on `*.updated` events.
     pub previous_attributes: Option<Value>,
+    /// The whole of `data.object`, parsed, when the connection thread expects a same-second tie
+    /// (`ingest::tie_ahead`), so that the writer need not parse it; `None` otherwise.
+    pub whole_object: Option<Arc<Value>>,
 }
 
 /// Why a body is not an event we can store.
@@ -211,6 +216,7 @@ pub fn parse(body: &[u8]) -> Result<Envelope, EnvelopeError> {
         object: None,
         object_span: None,
         previous_attributes: None,
+        whole_object: None,
     };
 
     if thin {
@@ -239,6 +245,18 @@ pub fn parse(body: &[u8]) -> Result<Envelope, EnvelopeError> {
 }
 
 impl Envelope {
+    /// Parses the whole of `data.object` from `body` (the body this envelope was parsed from)
+    /// into [`Envelope::whole_object`], unless it is there already or there is none.
+    pub fn parse_whole_object(&mut self, body: &[u8]) {
+        if self.whole_object.is_some() || self.thin {
+            return;
+        }
+        let whole = self
+            .object_text(body)
+            .and_then(|t| serde_json::from_str(t).ok());
+        self.whole_object = whole.map(Arc::new);
+    }
+
     /// `data.object`'s exact text within `body` (the body this envelope was parsed from).
     pub fn object_text<'b>(&self, body: &'b [u8]) -> Option<&'b str> {
         let (start, end) = self.object_span?;

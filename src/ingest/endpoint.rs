@@ -16,6 +16,7 @@ use crate::event::envelope;
 use crate::event::signature::{self, SignatureError};
 use crate::http::{Request, Response};
 use crate::ingest::store::{store_event_with, Effects, Ingest, Outcome, Source};
+use crate::ingest::tie_ahead::TieAhead;
 use crate::store::writer::WriterHandle;
 use crate::time::now_ms;
 
@@ -42,6 +43,8 @@ pub struct Endpoint {
     /// What else storing an event does (see [`Effects`]).
     pub effects: Arc<Effects>,
     pub counters: Arc<Counters>,
+    /// Which events will likely meet a same-second tie (see [`TieAhead`]).
+    pub tie_ahead: TieAhead,
 }
 
 impl Endpoint {
@@ -109,7 +112,7 @@ impl Endpoint {
         };
 
         // Parse the envelope.
-        let envelope = match envelope::parse(&req.body) {
+        let mut envelope = match envelope::parse(&req.body) {
             Ok(env) => env,
             Err(e) => {
                 self.counters.bad_request.fetch_add(1, Ordering::Relaxed);
@@ -117,6 +120,10 @@ impl Endpoint {
             }
         };
         let fields = format!("event={} type={}", envelope.id, envelope.event_type);
+        // A tie compares whole states: parse this one here rather than on the writer thread.
+        if self.tie_ahead.expects_tie(&envelope) {
+            envelope.parse_whole_object(&req.body);
+        }
 
         // Hand it to the writer and wait for COMMIT.
         let ingest = Ingest {

@@ -2,6 +2,7 @@
 //! row itself) shows it, with what the tie-break rules need to compare it.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -86,7 +87,7 @@ pub(super) struct Parsed {
 /// The object's state as one event carries it.
 pub(super) struct EventState {
     event_type: String,
-    pub(super) data: Value,
+    pub(super) data: Arc<Value>,
     prev: Option<Value>,
     kind: Kind,
     /// The object type the event itself names.
@@ -136,7 +137,7 @@ impl Parsed {
 
 impl EventState {
     /// The state of the event being applied: `data` is its whole `data.object`.
-    pub(super) fn applied(input: &Input, data: Value, shape: &Shape) -> EventState {
+    pub(super) fn applied(input: &Input, data: Arc<Value>, shape: &Shape) -> EventState {
         EventState {
             event_type: input.event_type.to_owned(),
             prev: input.previous_attributes.filter(|p| p.is_object()).cloned(),
@@ -166,7 +167,7 @@ impl EventState {
                 self.kind,
                 &self.data,
             ),
-            data: Cow::Borrowed(&self.data),
+            data: Cow::Borrowed(&*self.data),
             text: Text::Body(body),
             span: None,
             prev: self.prev.as_ref().map(Cow::Borrowed),
@@ -199,7 +200,7 @@ impl EventState {
         let livemode = livemode(envelope.get("livemode").and_then(Value::as_bool), &data);
         Some(EventState {
             event_type: event_type.to_owned(),
-            data,
+            data: Arc::new(data),
             prev,
             kind,
             otype,

@@ -92,7 +92,7 @@ pub fn apply(conn: &Connection, input: &Input, now_ms: i64) -> rusqlite::Result<
             tie(
                 conn,
                 input,
-                whole_object(input, object).into_owned(),
+                whole_object(input, object),
                 &shape,
                 &stored,
                 now_ms,

@@ -3,6 +3,7 @@
 //! and the object's id and type ([`Shape`], [`classify`]). Pure.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -37,6 +38,9 @@ pub struct Input<'a> {
     pub previous_attributes: Option<&'a Value>,
     /// The raw body as it is stored (empty when the caller has none).
     pub body: &'a [u8],
+    /// The whole `data.object`, already parsed by the connection thread because a tie was
+    /// likely ([`Envelope::whole_object`]); a tie uses it instead of parsing `object_raw`.
+    pub whole: Option<&'a Arc<Value>>,
 }
 
 /// Builds the projection's input for an event: its envelope, its raw body and its arrival `seq`.
@@ -55,6 +59,7 @@ pub fn input<'a>(env: &'a Envelope, body: &'a [u8], seq: i64) -> Input<'a> {
         object_span: env.object_text(body).and(env.object_span),
         previous_attributes: env.previous_attributes.as_ref(),
         body,
+        whole: env.whole_object.as_ref(),
     }
 }
 
@@ -123,13 +128,18 @@ pub(super) fn classify<'v>(event_type: &'v str, object: &'v Value) -> Option<Sha
     })
 }
 
-/// The whole of `object` (the input's parsed `data.object`): parsed again from its text when
-/// the input holds only its head members.
-pub(super) fn whole_object<'v>(input: &Input, object: &'v Value) -> Cow<'v, Value> {
-    match input.object_raw.filter(|_| input.object_head) {
-        Some(raw) => serde_json::from_str(raw).map_or(Cow::Borrowed(object), Cow::Owned),
-        None => Cow::Borrowed(object),
+/// The whole of `object` (the input's parsed `data.object`), owned for the tie cache: the one
+/// the connection thread parsed ([`Input::whole`]), else parsed again from its text when the
+/// input holds only its head members.
+pub(super) fn whole_object(input: &Input, object: &Value) -> Arc<Value> {
+    if let Some(whole) = input.whole {
+        return Arc::clone(whole);
     }
+    let parsed = input
+        .object_raw
+        .filter(|_| input.object_head)
+        .and_then(|raw| serde_json::from_str(raw).ok());
+    Arc::new(parsed.unwrap_or_else(|| object.clone()))
 }
 
 pub(super) fn raw_text<'a>(input: &Input<'a>, object: &Value) -> Cow<'a, str> {

@@ -33,7 +33,7 @@ pub(super) struct Resolution {
 pub(super) fn tie(
     conn: &Connection,
     input: &Input,
-    object: Value,
+    object: Arc<Value>,
     shape: &Shape,
     stored: &Stored,
     now_ms: i64,

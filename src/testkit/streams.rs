@@ -240,10 +240,33 @@ pub fn deliver(
     event: &StreamEvent,
     received_at_ms: i64,
 ) -> Result<Option<Decision>> {
+    deliver_as(conn, event, received_at_ms, false)
+}
+
+/// [`deliver`] with the whole `data.object` already parsed, as the webhook endpoint hands over an
+/// event it expects to meet a same-second tie (`ingest::tie_ahead`).
+pub fn deliver_whole(
+    conn: &Connection,
+    event: &StreamEvent,
+    received_at_ms: i64,
+) -> Result<Option<Decision>> {
+    deliver_as(conn, event, received_at_ms, true)
+}
+
+fn deliver_as(
+    conn: &Connection,
+    event: &StreamEvent,
+    received_at_ms: i64,
+    whole: bool,
+) -> Result<Option<Decision>> {
     let body = event.body.as_bytes().to_vec();
+    let mut envelope =
+        envelope::parse(&body).unwrap_or_else(|e| panic!("stream event {}: {e}", event.id));
+    if whole {
+        envelope.parse_whole_object(&body);
+    }
     let ingest = Ingest {
-        envelope: envelope::parse(&body)
-            .unwrap_or_else(|e| panic!("stream event {}: {e}", event.id)),
+        envelope,
         body,
         secret_index: None,
         received_at_ms,
