@@ -15,7 +15,8 @@
 //!                      1. route + method
 //!                      2. event::signature::verify (every v1 × every secret, constant time)
 //!                      3. event::envelope::parse  (id, type, created, account, the span of
-//!                         data.object and the few members the mirror reads outside a tie)
+//!                         data.object and the few members the mirror reads outside a tie;
+//!                         the whole object too when ingest::tie_ahead expects a tie)
 //!                      4. WriterHandle::run_retryable(store_event_with) ──▶ the writer
 //!                                                   thread (the ONE read-write connection):
 //!                                                   group commit, one transaction; retryable
@@ -87,8 +88,9 @@
 //!   the admin, the API and the CLI share.
 //!
 //! What uses the mirror and the store:
-//! - [`ingest`]: [`ingest::endpoint`] (the webhook route) and [`ingest::store::store_event`], the
-//!   one function that stores an event.
+//! - [`ingest`]: [`ingest::endpoint`] (the webhook route), [`ingest::tie_ahead`] (its guess that
+//!   an event will meet a same-second tie, so that it parses the whole object beside the writer)
+//!   and [`ingest::store::store_event`], the one function that stores an event.
 //! - [`forward`]: forwarding to the shop's app (its module doc lists its files): `queue` makes the
 //!   `deliveries` rows in the event's transaction (through `ingest::store::Effects`) and keeps each
 //!   lane (object) in the mirror's order; `lease` claims due lane heads and writes outcomes as
