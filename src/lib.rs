@@ -36,7 +36,8 @@
 //! forward::Forwarder, per destination a dispatcher + max_in_flight senders: claim due lane heads
 //!                   under a lease (writer closure) ─▶ POST the stored bytes, signed for the app
 //!                   (ureq) ─▶ the outcome, releasing the lease (writer closure)
-//! store::Checkpointer: WAL checkpoints every 250 ms beside the writer (query_only connection)
+//! store::Checkpointer: WAL checkpoints every 250 ms beside the writer (query_only connection),
+//!                   the copied pages written back range by range (store::writeback)
 //! ops::retention::Scheduler: old bodies emptied daily, in small writer closures
 //! stripe_api (with an API key): schedule (refetch worker, reconcile, resync) ─▶ client (ureq,
 //!                   retries, shared rate limit) ─▶ Stripe; answers applied as fetched state
@@ -72,7 +73,8 @@
 //! - [`store`]: opening connections ([`store::open`], the only module allowed to; it sets the
 //!   pragmas and a new file's page size, [`store::NEW_PAGE_SIZE`]), migrations from
 //!   `schema.sql` ([`store::migrate`](mod@store::migrate)), the `<db>.lock` ([`store::lock`]), the
-//!   [`store::Checkpointer`], and the writer thread ([`store::writer`]): group commit and
+//!   [`store::Checkpointer`] (with [`store::writeback`], which writes the pages a checkpoint
+//!   copied back to the disk in 64 waited-for ranges), and the writer thread ([`store::writer`]): group commit and
 //!   [`store::writer::WriterHandle::run`], which returns a closure's value after COMMIT
 //!   (`run_retryable` for a closure that may run twice, which spares its savepoint); a second
 //!   thread, `writer-answers`, wakes the waiters of each committed batch.
@@ -159,8 +161,10 @@
 //!   from Stripe makes none). Per (destination, object) at most one is in flight under a live lease,
 //!   and only the lane's head is claimed; a delivery is `done` only after the app's 2xx was
 //!   committed. Retention never empties the body of an event whose delivery is not `done`.
+//! - No unsafe code but one audited call: `sync_file_range` in [`store::writeback`], which only
+//!   starts and awaits writeback of pages already in the page cache (it promises no durability).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod cli;

@@ -1,9 +1,10 @@
 //! Storage: the SQLite file and everything that touches it directly.
 //!
 //! What it owns: opening connections ([`open`], the only module allowed to), the migration
-//! ledger ([`migrate`](mod@migrate)), the `<db>.lock` file lock ([`lock`]), the WAL checkpointer beside the
-//! writer ([`checkpoint`]) and the writer thread, the one read-write connection of a running server
-//! ([`writer`]). What it does not know: what an event, an object or a delivery is; the modules
+//! ledger ([`migrate`](mod@migrate)), the `<db>.lock` file lock ([`lock`]), the WAL checkpointer
+//! beside the writer ([`checkpoint`]) with its range-by-range writeback of the copied pages
+//! ([`writeback`], the crate's only unsafe code: one `sync_file_range` call) and the writer
+//! thread, the one read-write connection of a running server ([`writer`]). What it does not know: what an event, an object or a delivery is; the modules
 //! above hand the writer closures over a transaction.
 //!
 //! It may use only the leaf modules (`error`, `periodic`, `histogram`).
@@ -12,6 +13,7 @@ pub mod checkpoint;
 pub mod lock;
 pub mod migrate;
 pub mod open;
+pub mod writeback;
 pub mod writer;
 
 pub use checkpoint::Checkpointer;
