@@ -55,7 +55,7 @@ impl Checkpointer {
         // Read-only is enough for fsync, which flushes the file, not the descriptor.
         let file = File::open(path)
             .map_err(|e| crate::error::Error::io(format!("open {}", path.display()), e))?;
-        let mut write_back = true;
+        let mut write_back = WriteBack::On { after: (0, 0) };
         let thread = Periodic::start("checkpoint", interval, move |_| {
             checkpoint_once(&conn, &file, restart, &mut write_back);
             interval
@@ -79,6 +79,15 @@ const RESTART_BYTES: i64 = 32 << 20;
 /// How much of that WAL may still be uncopied when the checkpointer decides to restart.
 const RESTART_SLACK_BYTES: i64 = 1 << 20;
 
+/// Whether the checkpointer writes copied pages back ([`writeback`]): on, with the WAL's
+/// `(frames, frames copied)` after the last time (an idle server has nothing new to write), or
+/// off for good after an error.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WriteBack {
+    On { after: (i64, i64) },
+    Off,
+}
+
 /// [`RESTART_BYTES`] and [`RESTART_SLACK_BYTES`] in frames of the database's page size.
 #[derive(Clone, Copy)]
 struct Restart {
@@ -94,20 +103,29 @@ struct Restart {
 /// few frames, plus a small fsync) so that the next transaction writes the WAL from its beginning
 /// again.
 ///
-/// Whenever the WAL holds frames, the copied pages are then written back range by range
-/// (`write_back`, turned off for good by the first error: some file systems refuse
-/// `sync_file_range`, and the syncs alone keep every guarantee).
-fn checkpoint_once(conn: &Connection, file: &File, restart: Restart, write_back: &mut bool) {
+/// Whenever the checkpoint found frames it had not found before, the copied pages are then written
+/// back range by range (`write_back`, turned off for good by the first error: some file systems
+/// refuse `sync_file_range`, and the syncs alone keep every guarantee).
+fn checkpoint_once(conn: &Connection, file: &File, restart: Restart, write_back: &mut WriteBack) {
     let run = |mode: &str| -> rusqlite::Result<(i64, i64, i64)> {
         conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
     };
     let passive = run("PASSIVE");
-    if *write_back && matches!(passive, Ok((_, log, _)) if log > 0) {
-        if let Err(e) = writeback::write_back(file) {
-            log::warn!("writing checkpointed pages back in ranges: {e}; leaving it to the syncs");
-            *write_back = false;
+    if let (WriteBack::On { after }, Ok((_, log, copied))) = (*write_back, &passive) {
+        if *log > 0 && after != (*log, *copied) {
+            *write_back = match writeback::write_back(file) {
+                Ok(()) => WriteBack::On {
+                    after: (*log, *copied),
+                },
+                Err(e) => {
+                    log::warn!(
+                        "writing checkpointed pages back in ranges: {e}; leaving it to the syncs"
+                    );
+                    WriteBack::Off
+                }
+            };
         }
     }
     match passive {
