@@ -6,9 +6,8 @@
 //! SAVEPOINT of ONE transaction, commits (WAL, `synchronous=FULL`, so COMMIT returns only when the
 //! WAL is on disk), and only then hands every waiter its result (from a second thread, so that
 //! the next batch begins while the waiters wake). Many requests thus share one
-//! fsync, which makes throughput almost independent of the disk's speed. Under load (the previous
-//! commit under 5 ms ago) a batch of fewer than 8 closures waits up to 250 µs for more before it
-//! begins, since work that shares a commit shares the pages it writes.
+//! fsync, which makes throughput almost independent of the disk's speed: what arrives during one
+//! commit is the next batch. No batch waits for more work than is queued.
 //!
 //! A closure that fails has its savepoint rolled back and fails alone; a failed COMMIT fails the
 //! whole batch and every waiter hears [`Error::Unavailable`] (the webhook turns that into 503, so
@@ -32,30 +31,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use crate::error::{Error, Result};
 use crate::histogram::Histogram;
-
-/// A commit less than this long ago means the writer is under load.
-const BUSY_WINDOW: Duration = Duration::from_millis(5);
-
-/// How long a writer under load waits for more work before it commits. Measured at a fixed
-/// 3,000 events/s (examples/loadgen.rs): without it nearly every event had a commit of its own,
-/// the server wrote about 60 KB to disk per 2 KB event, and fsync stalls of 100+ ms set a p99 of
-/// 90-135 ms; with 250 µs the p99 was 20 ms. Idle, work is committed at once.
-const LINGER: Duration = Duration::from_micros(250);
-
-/// A batch that already holds this much work does not linger: it takes what is queued and
-/// commits. Measured at saturation (32 connections, 4 alternating rounds against the prototype):
-/// lingering whatever the batch gave 10,700-11,600 events/s and the writer slept in
-/// `recv_timeout` about 860 times a second, each wake-up then waiting for a core behind the
-/// connection threads (its run-queue wait 290 ms in 2 s, against 112 ms); with this, 15,300-15,800
-/// events/s. At 3,000 events/s the batches are smaller than this, so they linger as before (the
-/// same 23.7 KB written per event, and the same p99).
-const LINGER_UNTIL: usize = 8;
 
 /// Upper bounds (µs) of the commit-latency buckets: 250 µs .. 1 s.
 pub const COMMIT_MICROS_BOUNDS: [u64; 12] = [
@@ -313,40 +294,28 @@ impl State {
             retryables: Vec::with_capacity(self.max_batch),
         };
         let mut stop = false;
-        let mut last_commit = Instant::now() - BUSY_WINDOW;
         while !stop {
-            // Wait for the first message, then take whatever else is already queued.
+            // Wait for the first message, then take whatever else is already queued, and commit:
+            // what arrived during the last commit shares this one. Waiting longer for company
+            // (250 µs under load, until 2026-12-04) wrote 17% fewer bytes per event at 3,000
+            // events/s, but now that pages are 1 KiB and the checkpointer writes back in ranges
+            // the bytes no longer set the tail, and the wait did: without it p50 0.41-0.46 ms
+            // against 0.81-0.85 and p99 3.1-3.7 against 3.7-4.3 (3,000/s, alternating rounds;
+            // README), saturation the same.
             match rx.recv() {
                 Ok(Msg::Stop) | Err(_) => break,
                 Ok(msg) => batch.push(msg),
             }
-            // Under load (the last commit was moments ago), a small batch waits a little for
-            // company: every commit writes each page it touched in full, so work that shares a
-            // commit shares pages, and the disk sees a fraction of the bytes. Idle, or with
-            // `LINGER_UNTIL` closures already in hand, commit at once.
-            let linger = if last_commit.elapsed() < BUSY_WINDOW {
-                LINGER
-            } else {
-                Duration::ZERO
-            };
-            let until = Instant::now() + linger;
             while batch.len() < self.max_batch {
-                let left = until.saturating_duration_since(Instant::now());
-                let next = if left.is_zero() || batch.len() >= LINGER_UNTIL {
-                    rx.try_recv().ok()
-                } else {
-                    rx.recv_timeout(left).ok()
-                };
-                match next {
-                    Some(Msg::Stop) => {
+                match rx.try_recv() {
+                    Ok(Msg::Stop) => {
                         stop = true;
                         break;
                     }
-                    Some(msg) => batch.push(msg),
-                    None => break,
+                    Ok(msg) => batch.push(msg),
+                    Err(_) => break,
                 }
             }
-            last_commit = Instant::now();
             self.stats.queued.fetch_sub(batch.len(), Ordering::Relaxed);
             self.commit_batch(&mut batch);
         }
@@ -646,7 +615,7 @@ mod tests {
                     })
                 });
                 // One at a time into the queue, so that the batch keeps their order.
-                let deadline = Instant::now() + Duration::from_secs(10);
+                let deadline = Instant::now() + std::time::Duration::from_secs(10);
                 while handle.stats().queued.load(Ordering::Relaxed) < x as usize {
                     assert!(Instant::now() < deadline, "closure {x} never queued");
                     std::thread::yield_now();
