@@ -77,7 +77,7 @@
 //!   copied back to the disk in 64 waited-for ranges), and the writer thread ([`store::writer`]): group commit and
 //!   [`store::writer::WriterHandle::run`], which returns a closure's value after COMMIT
 //!   (`run_retryable` for a closure that may run twice, which spares its savepoint); a second
-//!   thread, `writer-answers`, wakes the waiters of each committed batch.
+//!   thread, `writer-answers`, wakes the waiters of each committed batch of more than one.
 //!
 //! The mirror:
 //! - [`mirror`]: the projection rules (its module doc is the spec): [`mirror::apply`] for one
