@@ -37,7 +37,8 @@
 //!                   under a lease (writer closure) ─▶ POST the stored bytes, signed for the app
 //!                   (ureq) ─▶ the outcome, releasing the lease (writer closure)
 //! store::Checkpointer: WAL checkpoints every 250 ms beside the writer (query_only connection),
-//!                   the copied pages written back range by range (store::writeback)
+//!                   the copied pages written back range by range (store::writeback); the
+//!                   RESTART that starts a large WAL afresh runs on the writer, between batches
 //! ops::retention::Scheduler: old bodies emptied daily, in small writer closures
 //! stripe_api (with an API key): schedule (refetch worker, reconcile, resync) ─▶ client (ureq,
 //!                   retries, shared rate limit) ─▶ Stripe; answers applied as fetched state
@@ -122,7 +123,8 @@
 //! - Only the writer thread writes while a server runs. `store::open` is the only module allowed
 //!   to call `Connection::open*` (clippy `disallowed-methods`); readers are `query_only`; the
 //!   checkpointer's connection is `query_only` too (it copies committed WAL pages into the file;
-//!   SQLite refuses that to a read-only-opened connection); `serve` holds `<db>.lock` so a second
+//!   SQLite refuses that to a read-only-opened connection), and the RESTART it asks for runs on
+//!   the writer's connection; `serve` holds `<db>.lock` so a second
 //!   server refuses to start. A command writes only while it holds that lock (`replay --rebuild`,
 //!   `check`'s migration and mirror comparison, `restore`, `prune`); `backup` and `export` only
 //!   read. `backfill`, `reconcile`, `refetch` and `connect` hand their work to the server holding

@@ -96,6 +96,7 @@ impl Service {
         let checkpointer = Checkpointer::start(
             &database,
             Duration::from_millis(config.database.checkpoint_interval_ms),
+            writer.handle(),
         )?;
         let counters = Arc::new(Counters::default());
         let effects = Arc::new(effects(config, routes.clone()));

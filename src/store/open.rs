@@ -54,6 +54,26 @@ fn checkpointer_busy(tries: i32) -> bool {
     tries < 400
 }
 
+/// The busy handler of the writer's WAL restart: a reader still in the WAL may hold the writer
+/// back for 5 ms at most; then the WAL goes on growing, and the next restart tries again.
+fn restart_busy(tries: i32) -> bool {
+    std::thread::sleep(BUSY_POLL);
+    tries < 20
+}
+
+/// Runs `PRAGMA wal_checkpoint(RESTART)` on the writer's connection `conn`, between transactions,
+/// and returns whether the next transaction writes the WAL from its beginning (false: a reader
+/// still used it, or another checkpoint was running). For [`super::writer::WriterHandle::restart_wal`].
+pub(super) fn restart_wal(conn: &Connection) -> Result<bool> {
+    let what = "restart the WAL";
+    conn.busy_handler(Some(restart_busy))
+        .map_err(|e| Error::sqlite(what, e))?;
+    let busy = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
+    conn.busy_handler(Some(writer_busy))
+        .map_err(|e| Error::sqlite(what, e))?;
+    Ok(busy.map_err(|e| Error::sqlite(what, e))? == 0)
+}
+
 /// Opens the writer connection, creating the file if needed, and migrates it to the latest step.
 /// Call only from the code that owns the writer thread (or a command holding [`Lock`]).
 pub fn open_writer(path: &Path) -> Result<Connection> {
