@@ -63,7 +63,8 @@ fn restart_busy(tries: i32) -> bool {
 
 /// Runs `PRAGMA wal_checkpoint(RESTART)` on the writer's connection `conn`, between transactions,
 /// and returns whether the next transaction writes the WAL from its beginning (false: a reader
-/// still used it, or another checkpoint was running). For [`super::writer::WriterHandle::restart_wal`].
+/// still used it, or another checkpoint was running). For
+/// [`super::writer::WriterHandle::restart_wal`].
 pub(super) fn restart_wal(conn: &Connection) -> Result<bool> {
     let what = "restart the WAL";
     conn.busy_handler(Some(restart_busy))
