@@ -75,7 +75,8 @@
 //!   pragmas and a new file's page size, [`store::NEW_PAGE_SIZE`]), migrations from
 //!   `schema.sql` ([`store::migrate`](mod@store::migrate)), the `<db>.lock` ([`store::lock`]), the
 //!   [`store::Checkpointer`] (with [`store::writeback`], which writes the pages a checkpoint
-//!   copied back to the disk in 64 waited-for ranges), and the writer thread ([`store::writer`]): group commit and
+//!   copied back to the disk in 64 to 256 waited-for ranges, more when it copied more), and the
+//!   writer thread ([`store::writer`]): group commit and
 //!   [`store::writer::WriterHandle::run`], which returns a closure's value after COMMIT
 //!   (`run_retryable` for a closure that may run twice, which spares its savepoint); a second
 //!   thread, `writer-answers`, wakes the waiters of each committed batch of more than one.

@@ -198,10 +198,16 @@ pub fn set_autocheckpoint(conn: &Connection, bytes: i64) -> Result<()> {
 
 /// How many WAL frames (one page each) make `bytes` in `conn`'s database, at least one.
 pub fn wal_frames(conn: &Connection, bytes: i64) -> Result<i64> {
+    Ok((bytes / page_size(conn)?).max(1))
+}
+
+/// The page size of `conn`'s database (at least 512, SQLite's smallest), the bytes one WAL
+/// frame carries.
+pub fn page_size(conn: &Connection) -> Result<i64> {
     let page_size: i64 = conn
         .query_row("PRAGMA page_size", [], |r| r.get(0))
         .map_err(|e| Error::sqlite("read page size", e))?;
-    Ok((bytes / page_size.max(512)).max(1))
+    Ok(page_size.max(512))
 }
 
 /// Opens a connection that can run `PRAGMA wal_checkpoint` and nothing else that writes: opened
