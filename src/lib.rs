@@ -75,7 +75,9 @@
 //!   pragmas and a new file's page size, [`store::NEW_PAGE_SIZE`]), migrations from
 //!   `schema.sql` ([`store::migrate`](mod@store::migrate)), the `<db>.lock` ([`store::lock`]), the
 //!   [`store::Checkpointer`] (with [`store::writeback`], which writes the pages a checkpoint
-//!   copied back to the disk in 64 to 256 waited-for ranges, more when it copied more), and the
+//!   copied back to the disk in 64 to 256 waited-for ranges, more when it copied more), the VFS
+//!   through which the writer's connection writes its WAL (`store::walbuf`: a commit's frames
+//!   gathered into one write, handed over before SQLite syncs or publishes it), and the
 //!   writer thread ([`store::writer`]): group commit and
 //!   [`store::writer::WriterHandle::run`], which returns a closure's value after COMMIT
 //!   (`run_retryable` for a closure that may run twice, which spares its savepoint); a second
@@ -164,8 +166,12 @@
 //!   from Stripe makes none). Per (destination, object) at most one is in flight under a live lease,
 //!   and only the lane's head is claimed; a delivery is `done` only after the app's 2xx was
 //!   committed. Retention never empties the body of an event whose delivery is not `done`.
-//! - No unsafe code but one audited call: `sync_file_range` in [`store::writeback`], which only
-//!   starts and awaits writeback of pages already in the page cache (it promises no durability).
+//! - No unsafe code but two audited places: `sync_file_range` in [`store::writeback`], which only
+//!   starts and awaits writeback of pages already in the page cache (it promises no durability),
+//!   and the WAL-gathering VFS in `store::walbuf` (SQLite's C interface), only for the writer's
+//!   connection: a commit is written out as soon as its commit frame is whole, before SQLite
+//!   syncs or publishes it, and every sync, read, size, truncate, file control and close of the
+//!   WAL writes out what is held first, so no reader and no answer depends on bytes still held.
 
 #![deny(unsafe_code)]
 

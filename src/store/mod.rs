@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod lock;
 pub mod migrate;
 pub mod open;
+mod walbuf;
 pub mod writeback;
 pub mod writer;
 

@@ -83,7 +83,13 @@ pub fn open_writer(path: &Path) -> Result<Connection> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("create directory {}", dir.display()), e))?;
     }
-    let conn = Connection::open(path).map_err(|e| Error::sqlite(what(), e))?;
+    // The writer's WAL writes are gathered into one write per commit ([`super::walbuf`]).
+    let conn = if super::walbuf::register() {
+        Connection::open_with_flags_and_vfs(path, OpenFlags::default(), super::walbuf::VFS_NAME)
+    } else {
+        Connection::open(path)
+    }
+    .map_err(|e| Error::sqlite(what(), e))?;
     conn.busy_handler(Some(writer_busy))
         .map_err(|e| Error::sqlite(what(), e))?;
     // Both only take effect while the file is still empty. The page size: see [`NEW_PAGE_SIZE`].
