@@ -3,9 +3,11 @@
 //! What it owns: opening connections ([`open`], the only module allowed to), the migration
 //! ledger ([`migrate`](mod@migrate)), the `<db>.lock` file lock ([`lock`]), the WAL checkpointer
 //! beside the writer ([`checkpoint`]) with its range-by-range writeback of the copied pages
-//! ([`writeback`], the crate's only unsafe code: one `sync_file_range` call) and the writer
-//! thread, the one read-write connection of a running server ([`writer`]). What it does not know: what an event, an object or a delivery is; the modules
-//! above hand the writer closures over a transaction.
+//! ([`writeback`], one of the crate's two unsafe places: one `sync_file_range` call), the VFS
+//! through which the writer's connection writes its WAL, a commit in one write (`walbuf`, the
+//! other: SQLite's C interface), and the writer thread, the one read-write connection of a
+//! running server ([`writer`]). What it does not know: what an event, an object or a delivery
+//! is; the modules above hand the writer closures over a transaction.
 //!
 //! It may use only the leaf modules (`error`, `periodic`, `histogram`).
 

@@ -70,7 +70,8 @@ mod sys {
     use std::os::fd::AsRawFd;
 
     /// Starts writeback of the dirty pages in `offset..offset + length` and waits until it is done.
-    // The crate's only unsafe code: std, nix and rustix have no wrapper for sync_file_range(2).
+    // One of the crate's two unsafe places (the other: `store::walbuf`): std, nix and rustix have
+    // no wrapper for sync_file_range(2).
     #[allow(unsafe_code)]
     pub fn write_back_range(file: &File, offset: u64, length: u64) -> io::Result<()> {
         let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
