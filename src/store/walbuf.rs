@@ -185,6 +185,15 @@ unsafe fn wal<'a>(file: *mut ffi::sqlite3_file) -> &'a mut WalFile {
     &mut *file.cast::<WalFile>()
 }
 
+/// The WAL file with nothing held: what was held is written out first (or the error doing so).
+unsafe fn written_out<'a>(file: *mut ffi::sqlite3_file) -> Result<&'a mut WalFile, c_int> {
+    let f = wal(file);
+    match f.write_out() {
+        ffi::SQLITE_OK => Ok(f),
+        rc => Err(rc),
+    }
+}
+
 unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     let f = wal(file);
     let written = f.write_out();
@@ -206,12 +215,10 @@ unsafe extern "C" fn read(
     amount: c_int,
     offset: i64,
 ) -> c_int {
-    let f = wal(file);
-    let rc = f.write_out();
-    if rc != ffi::SQLITE_OK {
-        return rc;
+    match written_out(file) {
+        Ok(f) => f.methods().xRead.expect("a VFS file has xRead")(f.real, buf, amount, offset),
+        Err(rc) => rc,
     }
-    f.methods().xRead.expect("a VFS file has xRead")(f.real, buf, amount, offset)
 }
 
 unsafe extern "C" fn write(
@@ -239,30 +246,24 @@ unsafe extern "C" fn write(
 }
 
 unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
-    let f = wal(file);
-    let rc = f.write_out();
-    if rc != ffi::SQLITE_OK {
-        return rc;
+    match written_out(file) {
+        Ok(f) => f.methods().xTruncate.expect("a VFS file has xTruncate")(f.real, size),
+        Err(rc) => rc,
     }
-    f.methods().xTruncate.expect("a VFS file has xTruncate")(f.real, size)
 }
 
 unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    let f = wal(file);
-    let rc = f.write_out();
-    if rc != ffi::SQLITE_OK {
-        return rc;
+    match written_out(file) {
+        Ok(f) => f.methods().xSync.expect("a VFS file has xSync")(f.real, flags),
+        Err(rc) => rc,
     }
-    f.methods().xSync.expect("a VFS file has xSync")(f.real, flags)
 }
 
 unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
-    let f = wal(file);
-    let rc = f.write_out();
-    if rc != ffi::SQLITE_OK {
-        return rc;
+    match written_out(file) {
+        Ok(f) => f.methods().xFileSize.expect("a VFS file has xFileSize")(f.real, size),
+        Err(rc) => rc,
     }
-    f.methods().xFileSize.expect("a VFS file has xFileSize")(f.real, size)
 }
 
 unsafe extern "C" fn lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
@@ -287,14 +288,12 @@ unsafe extern "C" fn file_control(
     op: c_int,
     arg: *mut c_void,
 ) -> c_int {
-    let f = wal(file);
-    let rc = f.write_out();
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    match f.methods().xFileControl {
-        Some(control) => control(f.real, op, arg),
-        None => ffi::SQLITE_NOTFOUND,
+    match written_out(file) {
+        Ok(f) => match f.methods().xFileControl {
+            Some(control) => control(f.real, op, arg),
+            None => ffi::SQLITE_NOTFOUND,
+        },
+        Err(rc) => rc,
     }
 }
 
@@ -341,6 +340,7 @@ static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
+    use std::path::{Path, PathBuf};
 
     use rusqlite::Connection;
 
@@ -356,12 +356,33 @@ mod tests {
         WRITES.with(|w| w.get())
     }
 
-    fn scratch(conn: &Connection) {
-        conn.execute_batch("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v BLOB);")
+    /// A new database opened as the writer opens it, with a table `t (k, v)` to fill.
+    fn writer_with_scratch_table() -> (TempDir, PathBuf, Connection) {
+        let dir = TempDir::new("walbuf");
+        let db = dir.path().join("w.db");
+        let conn = open_writer(&db).unwrap();
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB);")
             .unwrap();
+        (dir, db, conn)
     }
 
-    fn wal_len(db: &std::path::Path) -> u64 {
+    /// Inserts `rows` rows of `bytes` random bytes, keys from `first`, in one transaction, and
+    /// returns how many writes the VFS handed to the platform for it.
+    fn commit_rows(conn: &Connection, first: i64, rows: i64, bytes: i64) -> u64 {
+        let before = writes();
+        let tx = conn.unchecked_transaction().unwrap();
+        for k in first..first + rows {
+            tx.execute(
+                "INSERT INTO t (k, v) VALUES (?1, randomblob(?2))",
+                [k, bytes],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        writes() - before
+    }
+
+    fn wal_len(db: &Path) -> u64 {
         std::fs::metadata(crate::store::with_suffix(db, "-wal"))
             .unwrap()
             .len()
@@ -369,33 +390,17 @@ mod tests {
 
     #[test]
     fn a_commit_is_one_write_and_is_in_the_file_when_it_returns() {
-        let dir = TempDir::new("walbuf");
-        let db = dir.path().join("w.db");
-        let conn = open_writer(&db).unwrap();
-        scratch(&conn);
+        let (_dir, db, conn) = writer_with_scratch_table();
         let reader = open_read_only(&db).unwrap();
         for round in 0..20i64 {
-            let before = (writes(), wal_len(&db));
-            let tx = conn.unchecked_transaction().unwrap();
+            let wal_before = wal_len(&db);
             // 40 rows of 600 bytes: dozens of 1 KiB frames, each written by SQLite as two writes.
-            for i in 0..40 {
-                tx.execute(
-                    "INSERT INTO t (k, v) VALUES (?1, zeroblob(600))",
-                    [round * 100 + i],
-                )
-                .unwrap();
-            }
-            tx.commit().unwrap();
-            let (writes_after, wal_after) = (writes(), wal_len(&db));
-            assert_eq!(
-                writes_after - before.0,
-                1,
-                "round {round}: one write per commit"
-            );
+            let written = commit_rows(&conn, round * 100, 40, 600);
+            assert_eq!(written, 1, "round {round}: one write per commit");
+            let wal_after = wal_len(&db);
             assert!(
-                wal_after >= before.1 + 24 * 1024 || wal_after < before.1,
-                "round {round}: the frames are in the WAL file ({} -> {wal_after})",
-                before.1
+                wal_after >= wal_before + 24 * 1024 || wal_after < wal_before,
+                "round {round}: the frames are in the WAL file ({wal_before} -> {wal_after})"
             );
             let seen: i64 = reader
                 .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
@@ -408,24 +413,12 @@ mod tests {
     fn a_commit_is_handed_over_before_it_is_published_even_without_a_sync() {
         // With synchronous=OFF SQLite never syncs the WAL: the commit frame alone must make the
         // VFS write out, or the reader would be told of frames that are not in the file.
-        let dir = TempDir::new("walbuf");
-        let db = dir.path().join("w.db");
-        let conn = open_writer(&db).unwrap();
-        scratch(&conn);
+        let (_dir, db, conn) = writer_with_scratch_table();
         conn.execute_batch("PRAGMA synchronous=OFF;").unwrap();
         let reader = open_read_only(&db).unwrap();
         for round in 1..=20i64 {
-            let before = writes();
-            let tx = conn.unchecked_transaction().unwrap();
-            for i in 0..30 {
-                tx.execute(
-                    "INSERT INTO t (k, v) VALUES (?1, randomblob(700))",
-                    [round * 100 + i],
-                )
-                .unwrap();
-            }
-            tx.commit().unwrap();
-            assert_eq!(writes() - before, 1, "round {round}: one write per commit");
+            let written = commit_rows(&conn, round * 100, 30, 700);
+            assert_eq!(written, 1, "round {round}: one write per commit");
             let (n, bytes): (i64, i64) = reader
                 .query_row("SELECT COUNT(*), SUM(length(v)) FROM t", [], |r| {
                     Ok((r.get(0)?, r.get(1)?))
@@ -440,10 +433,7 @@ mod tests {
     fn a_commit_past_the_platform_write_limit_is_whole() {
         // The unix VFS cuts a write of 128 KiB or more short (a 17-bit length); a commit of
         // several MiB must still be written whole, in pieces.
-        let dir = TempDir::new("walbuf");
-        let db = dir.path().join("w.db");
-        let conn = open_writer(&db).unwrap();
-        scratch(&conn);
+        let (_dir, db, conn) = writer_with_scratch_table();
         for size in [131_072 - 24, 131_072, 262_144, 3 << 20] {
             conn.execute("INSERT INTO t (v) VALUES (randomblob(?1))", [size])
                 .unwrap();
@@ -462,10 +452,7 @@ mod tests {
 
     #[test]
     fn a_transaction_reads_its_own_spilled_pages_and_a_rollback_leaves_no_trace() {
-        let dir = TempDir::new("walbuf");
-        let db = dir.path().join("w.db");
-        let conn = open_writer(&db).unwrap();
-        scratch(&conn);
+        let (_dir, db, conn) = writer_with_scratch_table();
         conn.execute("INSERT INTO t (k, v) VALUES (0, 'kept')", [])
             .unwrap();
         // A 64-page cache: this transaction spills frames into the WAL before it commits, then
@@ -501,10 +488,7 @@ mod tests {
 
     #[test]
     fn the_wal_starts_over_after_a_restart_checkpoint() {
-        let dir = TempDir::new("walbuf");
-        let db = dir.path().join("w.db");
-        let conn = open_writer(&db).unwrap();
-        scratch(&conn);
+        let (_dir, db, conn) = writer_with_scratch_table();
         for round in 0..5i64 {
             for i in 0..50 {
                 conn.execute(
